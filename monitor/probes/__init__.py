@@ -1,0 +1,62 @@
+"""The probe engine: plain asyncio, no Django. `PROBERS` maps a protocol key to its module's `probe`.
+
+Every protocol module has the same shape: `probe(target, options, *, deadline) -> Result`, an
+`Options` dataclass and the `TLS_MODES` it supports. `run_probe()` is the convenient entry point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from monitor.probes import dns, http, imap, pop3, smtp, tcp
+from monitor.probes.errors import ProbeTimeout
+from monitor.probes.options import ConnectionOptions, OptionsError
+from monitor.probes.ports import SCHEMES, standard_port
+from monitor.probes.result import Failure, Phases, Result, Status, TLSFacts
+from monitor.probes.session import Target
+
+PROTOCOLS = {"tcp": tcp, "smtp": smtp, "pop3": pop3, "imap": imap, "http": http, "dns": dns}
+PROBERS = {key: module.probe for key, module in PROTOCOLS.items()}
+
+# A probe that overruns its deadline by this much is cut off; it means a read escaped its bound.
+DEADLINE_GRACE = 0.5
+
+__all__ = [
+    "PROBERS",
+    "PROTOCOLS",
+    "SCHEMES",
+    "ConnectionOptions",
+    "Failure",
+    "OptionsError",
+    "Phases",
+    "Result",
+    "Status",
+    "TLSFacts",
+    "Target",
+    "parse_options",
+    "run_probe",
+    "standard_port",
+]
+
+
+def parse_options(protocol: str, raw: Mapping[str, Any] | None) -> ConnectionOptions:
+    """Return the protocol's typed options from plain data; raise OptionsError naming the bad field."""
+    if protocol not in PROTOCOLS:
+        raise OptionsError("protocol", f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[protocol].Options.from_mapping(raw)
+
+
+async def run_probe(protocol: str, target: Target, options: ConnectionOptions, *, timeout: float) -> Result:
+    """Probe `target` with the protocol's prober, within `timeout` seconds from now."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout_at(deadline + DEADLINE_GRACE):
+            return await PROBERS[protocol](target, options, deadline=deadline)
+    except TimeoutError:
+        elapsed = time.perf_counter() - started
+        return Result(Status.DOWN, ProbeTimeout.failure, f"timed out after {timeout:g} s", Phases(total=elapsed))

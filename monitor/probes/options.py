@@ -1,0 +1,121 @@
+"""Probe options: typed, frozen, validated from plain mappings, with errors that name the field.
+
+`ConnectionOptions` holds what every connection-based protocol shares; each protocol module
+extends it with an `Options` dataclass of its own. `Options.from_mapping(raw)` is the one way in,
+used alike by the Service model, the `probe` command and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import re
+import types
+import typing
+from collections.abc import Mapping
+from typing import Any, Self
+
+IP_FAMILIES = ("any", "ipv4", "ipv6")
+
+
+class OptionsError(ValueError):
+    """An option has a value the probe cannot use; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectionOptions:
+    ip_family: str = "any"
+    # Resolve the host through this DNS server ("ip" or "ip:port") instead of the system resolver.
+    resolver: str | None = None
+    tls_server_name: str | None = None  # SNI and the name verified; the host when empty
+    tls_ca_file: str | None = None  # PEM bundle to trust instead of the system's
+    tls_verify: bool = True
+    tls_warn_days: int = 14  # a certificate closer to expiry than this gives `warning`
+
+    def __post_init__(self) -> None:
+        if self.ip_family not in IP_FAMILIES:
+            raise OptionsError("ip_family", f"must be one of {', '.join(IP_FAMILIES)}, not {self.ip_family!r}")
+        if self.resolver is not None:
+            parse_host_port(self.resolver, default_port=53, field="resolver")
+        if not 0 <= self.tls_warn_days <= 3650:
+            raise OptionsError("tls_warn_days", f"must be between 0 and 3650 days, not {self.tls_warn_days}")
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping[str, Any] | None) -> Self:
+        """Return options built from `raw`, coercing strings from forms and URLs to each field's type."""
+        raw = dict(raw or {})
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise OptionsError(unknown[0], f"unknown option; known options are {', '.join(sorted(known))}")
+        values = {name: _coerce(name, value, hints[name]) for name, value in raw.items()}
+        return cls(**values)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Return the options that differ from their defaults, as plain data."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        }
+
+
+def parse_host_port(text: str, *, default_port: int, field: str) -> tuple[str, int]:
+    """Return (ip, port) from "ip", "ip:port", "[v6]:port" or "v6"; raise OptionsError otherwise."""
+    match = re.fullmatch(r"\[(?P<v6>[^\]]+)\](?::(?P<port6>\d+))?|(?P<host>[^:]+)(?::(?P<port>\d+))?", text.strip())
+    host, port = (None, None) if match is None else (match["v6"] or match["host"], match["port6"] or match["port"])
+    if host is None:
+        try:
+            host = str(ipaddress.IPv6Address(text.strip()))
+        except ValueError:
+            raise OptionsError(field, f"must be an IP address with an optional port, not {text!r}") from None
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise OptionsError(field, f"must be an IP address with an optional port, not {text!r}") from None
+    number = int(port) if port else default_port
+    if not 1 <= number <= 65535:
+        raise OptionsError(field, f"port must be between 1 and 65535, not {number}")
+    return host, number
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+    if optional:
+        if value is None or value == "":
+            return None
+        hint = next(arg for arg in typing.get_args(hint) if arg is not type(None))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise OptionsError(name, f"must be true or false, not {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            return int(value)
+        raise OptionsError(name, f"must be a whole number, not {value!r}")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise OptionsError(name, f"must be a number, not {value!r}") from None
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise OptionsError(name, f"must be text, not {value!r}")
+    raise TypeError(f"option {name} has a type the parser does not know: {hint!r}")

@@ -1,0 +1,119 @@
+"""The value a probe returns: `Result`, with its `Status`, `Failure` kind, `Phases` and `TLSFacts`."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any
+
+
+class Status(StrEnum):
+    UP = "up"
+    WARNING = "warning"
+    DOWN = "down"
+
+
+class Failure(StrEnum):
+    """Why a probe did not come back `up`; `docs/architecture.md` lists when each one is used."""
+
+    DNS_RESOLUTION = "dns_resolution"  # the host name did not resolve to an address
+    REFUSED = "refused"  # the server actively refused the TCP connection
+    TIMEOUT = "timeout"  # the deadline passed while waiting for the server
+    UNREACHABLE = "unreachable"  # no route to the address, or another socket error
+    CONNECTION_CLOSED = "connection_closed"  # the server closed the connection mid-dialogue
+    TLS_HANDSHAKE = "tls_handshake"  # the TLS handshake itself failed
+    TLS_EXPIRED = "tls_expired"  # the certificate is expired or not yet valid
+    TLS_HOSTNAME = "tls_hostname"  # the certificate does not name the server
+    TLS_UNTRUSTED = "tls_untrusted"  # the chain does not lead to a trusted CA
+    STARTTLS_UNAVAILABLE = "starttls_unavailable"  # STARTTLS asked for but not offered
+    PROTOCOL_ERROR = "protocol_error"  # the peer does not speak the protocol
+    SERVER_REJECTED = "server_rejected"  # a well-formed negative answer (SMTP 5xx, -ERR, NO/BAD)
+    HTTP_STATUS = "http_status"  # HTTP status not among the expected ones
+    KEYWORD_MISSING = "keyword_missing"  # expected keyword or pattern not found in the response
+    DNS_RCODE = "dns_rcode"  # DNS answer with an unexpected response code
+    DNS_ANSWER_MISMATCH = "dns_answer_mismatch"  # DNS answer lacks the expected record
+    RESPONSE_TOO_LARGE = "response_too_large"  # a line or body passed its size limit
+
+
+@dataclasses.dataclass(frozen=True)
+class Phases:
+    """Seconds spent in each phase, named as blackbox_exporter names them; a phase that did not run is 0."""
+
+    resolve: float = 0.0
+    connect: float = 0.0
+    tls: float = 0.0
+    processing: float = 0.0  # connection ready until the first byte of the greeting or response
+    transfer: float = 0.0  # the rest of the dialogue
+    total: float = 0.0
+
+    NAMES = ("resolve", "connect", "tls", "processing", "transfer")
+
+
+@dataclasses.dataclass(frozen=True)
+class TLSFacts:
+    """What the TLS handshake showed, recorded whether or not the certificate verified."""
+
+    version: str | None
+    cipher: str | None
+    server_name: str | None
+    subject: str
+    issuer: str
+    sans: tuple[str, ...]
+    not_before: dt.datetime
+    not_after: dt.datetime
+    days_left: float
+    earliest_expiry: dt.datetime  # of every certificate the server sent, as blackbox reports it
+    fingerprint_sha256: str
+    verified: bool
+    verify_error: str | None  # None when verified or when verification was turned off
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        for key in ("not_before", "not_after", "earliest_expiry"):
+            data[key] = data[key].isoformat()
+        data["sans"] = list(self.sans)
+        data["days_left"] = round(self.days_left, 3)
+        return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    status: Status
+    failure: Failure | None
+    reason: str
+    phases: Phases
+    address: str | None = None  # the IP address that answered
+    tls: TLSFacts | None = None
+    banner: str = ""
+    details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "details", MappingProxyType(dict(self.details)))
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not Status.DOWN
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as plain JSON-ready data with keys status, failure, reason, phases, tls, banner, details."""
+        return {
+            "status": str(self.status),
+            "failure": None if self.failure is None else str(self.failure),
+            "reason": self.reason,
+            "address": self.address,
+            "phases": {k: round(v, 6) for k, v in dataclasses.asdict(self.phases).items()},
+            "tls": None if self.tls is None else self.tls.to_dict(),
+            "banner": self.banner,
+            "details": _plain(self.details),
+        }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

@@ -1,0 +1,54 @@
+"""Plain TCP (optionally TLS) probe: connect, then optionally read a banner, send a line and expect a reply."""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import re
+
+from monitor.probes.errors import KeywordMissing
+from monitor.probes.options import ConnectionOptions, OptionsError
+from monitor.probes.result import Result
+from monitor.probes.session import Session, Target, converse
+
+TLS_MODES = ("none", "implicit")
+MAX_EXPECT_LINES = 100  # lines read while looking for `expect` before giving up
+
+
+@dataclasses.dataclass(frozen=True)
+class Options(ConnectionOptions):
+    read_banner: bool = False  # wait for the server's first line and record it
+    send: str | None = None  # text to send after connecting; backslash escapes such as \r\n are honoured
+    expect: str | None = None  # regular expression a line of the reply must match
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.expect is not None:
+            try:
+                re.compile(self.expect)
+            except re.error as error:
+                raise OptionsError("expect", f"is not a valid regular expression: {error}") from None
+        if self.send is not None:
+            try:
+                codecs.decode(self.send, "unicode_escape")
+            except UnicodeDecodeError as error:
+                raise OptionsError("send", f"has a broken escape sequence: {error.reason}") from None
+
+
+async def probe(target: Target, options: Options, *, deadline: float) -> Result:
+    async def dialogue(session: Session) -> None:
+        conn = session.conn
+        if options.read_banner:
+            session.set_banner(await conn.read_line(what="the banner"))
+        if options.send is not None:
+            await conn.write(codecs.decode(options.send, "unicode_escape").encode("latin-1"), what="the request")
+        if options.expect is not None:
+            pattern = re.compile(options.expect)
+            for _ in range(MAX_EXPECT_LINES):
+                line = (await conn.read_line(what=f"a line matching /{options.expect}/")).decode("utf-8", "replace")
+                if pattern.search(line):
+                    session.details["matched"] = line[:200]
+                    return
+            raise KeywordMissing(f"no line matching /{options.expect}/ in the first {MAX_EXPECT_LINES} lines")
+
+    return await converse(target, options, dialogue, deadline=deadline)

@@ -1,0 +1,50 @@
+"""Shared fixtures: certificates from a throwaway CA, and `need()` for tests that depend on a local service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import trustme
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def need(available: bool, reason: str) -> None:
+    """Skip the test when something it needs is missing, except under CI=true, where that fails it."""
+    if available:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A trusted CA's bundle and server certificates for each case a TLS check must tell apart."""
+
+    ca_file: str  # PEM bundle of the trusted CA
+    good: trustme.LeafCert  # valid for localhost and 127.0.0.1
+    expired: trustme.LeafCert
+    expiring: trustme.LeafCert  # valid, but for five more days only
+    wrong_host: trustme.LeafCert  # valid, for another name
+    unknown_ca: trustme.LeafCert  # issued by a CA the client does not trust
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    ca, stranger = trustme.CA(), trustme.CA()
+    now = dt.datetime.now(dt.UTC)
+    ca_file = Path(tmp_path_factory.mktemp("ca")) / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return Certificates(
+        ca_file=str(ca_file),
+        good=ca.issue_cert("localhost", "127.0.0.1", "::1"),
+        expired=ca.issue_cert("localhost", "127.0.0.1", not_after=now - dt.timedelta(days=3)),
+        expiring=ca.issue_cert("localhost", "127.0.0.1", not_after=now + dt.timedelta(days=5)),
+        wrong_host=ca.issue_cert("elsewhere.test"),
+        unknown_ca=stranger.issue_cert("localhost", "127.0.0.1"),
+    )
