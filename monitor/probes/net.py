@@ -122,7 +122,11 @@ class Connection:
         await self._send(self._outgoing.read(), what)
 
     async def _fill(self, what: str) -> None:
-        """Append at least one byte to the buffer, decrypting when TLS is on."""
+        """Append at least one byte to the buffer, decrypting when TLS is on.
+
+        The first byte of data ends the processing phase; a TLS 1.3 session ticket, which servers
+        send right after the handshake, is not the server's answer and does not end it.
+        """
         while True:
             if self._tls_object is not None:
                 try:
@@ -135,12 +139,14 @@ class Connection:
                     raise ConnectionClosed(f"server closed the connection while we waited for {what}")
                 if chunk:
                     self._buffer += chunk
+                    self.clock.first_byte()
                     return
             data = await self._recv(what)
             if not data:
                 raise ConnectionClosed(f"server closed the connection while we waited for {what}")
             if self._tls_object is None:
                 self._buffer += data
+                self.clock.first_byte()
                 return
             self._incoming.write(data)
             pending = self._outgoing.read()  # TLS 1.3 post-handshake messages may want an answer
@@ -156,7 +162,6 @@ class Connection:
             raise ProbeTimeout(f"timed out waiting for {what}") from None
         except OSError as error:
             raise ConnectionClosed(f"connection lost while waiting for {what}: {error.strerror or error}") from None
-        self.clock.first_byte()
         return data
 
     async def _send(self, data: bytes, what: str) -> None:

@@ -3,6 +3,7 @@
 A protocol module writes its dialogue as `async def dialogue(session) -> None`, reading and
 writing `session.conn` and filling `session.banner` and `session.details` as it learns them;
 `converse()` connects, runs it, and returns the `Result`, with whatever was learnt before a failure.
+`exchange()` is the same boundary for a probe that opens its own sockets (DNS over UDP).
 """
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ class Session:
     async def start_tls(self) -> None:
         await self.conn.start_tls(self.options, server_name=self.server_name)
 
+    async def reconnect(self, target: Target) -> None:
+        """Close the connection and open one to `target` on the same clock and deadline (an HTTP redirect).
+
+        Resolve, connect and TLS time add up across connections, as blackbox_exporter sums them over redirects.
+        """
+        self.conn.close()
+        self.conn = await open_connection(
+            target.host, target.port, self.options, deadline=self.conn.deadline, clock=self.conn.clock
+        )
+        self.target = target
+        if self.conn.attempts:
+            self.details.setdefault("failed_addresses", []).extend(self.conn.attempts)
+        if target.tls == "implicit":
+            await self.start_tls()
+
 
 Dialogue = Callable[[Session], Awaitable[None]]
 
@@ -75,11 +91,35 @@ async def converse(target: Target, options: ConnectionOptions, dialogue: Dialogu
             clock.await_first_byte()
             await dialogue(session)
         finally:
-            conn.close()
+            session.conn.close()  # the dialogue may have reconnected
     except ProbeError as error:
         return _result(Status.DOWN, error.failure, str(error), clock, session)
     status, reason = grade(session.conn.tls, options)
     return _result(status, None, reason, clock, session)
+
+
+@dataclass
+class Exchange:
+    """What a probe that opens its own sockets (DNS) works with and learns: a `Session` without a Connection."""
+
+    target: Target
+    options: ConnectionOptions
+    deadline: float
+    clock: PhaseClock = field(default_factory=PhaseClock)
+    address: str | None = None  # the server address that was asked
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+async def exchange(
+    target: Target, options: ConnectionOptions, steps: Callable[[Exchange], Awaitable[None]], *, deadline: float
+) -> Result:
+    """Return the result of running `steps`, the same boundary as `converse()` for probes without a Connection."""
+    state = Exchange(target, options, deadline)
+    try:
+        await steps(state)
+    except ProbeError as error:
+        return Result(Status.DOWN, error.failure, str(error), state.clock.stop(), state.address, details=state.details)
+    return Result(Status.UP, None, "ok", state.clock.stop(), state.address, details=state.details)
 
 
 def grade(tls: TLSFacts | None, options: ConnectionOptions) -> tuple[Status, str]:

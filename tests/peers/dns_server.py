@@ -1,0 +1,152 @@
+"""A real DNS server for tests: `DNSServer(records)` answers over UDP and TCP on one 127.0.0.1 port.
+
+    async with DNSServer({"svc.test.": {"A": ["127.0.0.1"], "MX": ["10 mail.svc.test."]}}) as server:
+        server.port, server.queries
+
+Names not in `records` get NXDOMAIN; a known name without the asked type gets an empty NOERROR.
+Records are sent in the order given.
+Switches make it truncate every UDP answer (TC bit), stay silent, or answer with bytes that are
+not DNS. Built on dnspython's message code and asyncio, so no daemon is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+from collections.abc import Mapping, Sequence
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.rcode
+import dns.rdataclass
+import dns.rdatatype
+import dns.rrset
+
+TTL = 300
+MAX_TCP_QUERIES = 100  # queries answered on one TCP connection before hanging up
+BIND_ATTEMPTS = 20  # tries to find a port free for both UDP and TCP
+GARBAGE = b"\x00\x01this is not a DNS message"
+
+Records = Mapping[str, Mapping[str, Sequence[str]]]
+
+
+class DNSServer:
+    """Answer DNS queries from `records` ({name: {type: [rdata text, ...]}}) on UDP and TCP.
+
+    `rcodes` ({name: "SERVFAIL"}) answers a name with that response code and no records.
+    `truncate_udp` answers every UDP query with TC set and no records, so clients retry over TCP.
+    `silent` reads queries and never answers; `garbage` answers with bytes that are not DNS.
+    `queries` lists what was asked, as (transport, name, type) tuples.
+    """
+
+    def __init__(
+        self,
+        records: Records,
+        *,
+        host: str = "127.0.0.1",
+        rcodes: Mapping[str, str] | None = None,
+        truncate_udp: bool = False,
+        silent: bool = False,
+        garbage: bool = False,
+    ) -> None:
+        self.records = {_absolute(name): dict(types) for name, types in records.items()}
+        self.rcodes = {_absolute(name): dns.rcode.from_text(code) for name, code in (rcodes or {}).items()}
+        self.host = host
+        self.truncate_udp = truncate_udp
+        self.silent = silent
+        self.garbage = garbage
+        self.port = 0
+        self.queries: list[tuple[str, str, str]] = []
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def address(self) -> str:
+        """Return "ip:port", the form the `resolver` option takes."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    async def __aenter__(self) -> DNSServer:
+        loop = asyncio.get_running_loop()
+        for _ in range(BIND_ATTEMPTS):
+            self._udp, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(self.host, 0))
+            self.port = self._udp.get_extra_info("sockname")[1]
+            try:
+                self._tcp = await asyncio.start_server(self._serve_tcp, self.host, self.port)
+                return self
+            except OSError:  # the port is free for UDP but taken for TCP: try another
+                self._udp.close()
+        raise RuntimeError(f"no port free for both UDP and TCP on {self.host}")
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._udp.close()
+        self._tcp.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def reply(self, wire: bytes, transport: str) -> bytes | None:
+        """Return the answer to one query in wire form, or None to stay silent."""
+        try:
+            query = dns.message.from_wire(wire)
+        except dns.exception.DNSException:
+            return None
+        if not query.question:
+            return None
+        question = query.question[0]
+        name = question.name.to_text().lower()
+        self.queries.append((transport, name, dns.rdatatype.to_text(question.rdtype)))
+        if self.silent:
+            return None
+        if self.garbage:
+            return GARBAGE
+        # dnspython shuffles records by default; tests of address fallback need them in the order given.
+        return self._answer(query, question, name, transport).to_wire(want_shuffle=False)
+
+    def _answer(self, query: dns.message.Message, question: dns.rrset.RRset, name: str, transport: str):
+        response = dns.message.make_response(query)
+        response.flags |= dns.flags.AA
+        if name in self.rcodes:
+            response.set_rcode(self.rcodes[name])
+        elif name not in self.records:
+            response.set_rcode(dns.rcode.NXDOMAIN)
+        elif transport == "udp" and self.truncate_udp:
+            response.flags |= dns.flags.TC
+        elif texts := self.records[name].get(dns.rdatatype.to_text(question.rdtype)):
+            rrset = dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN, question.rdtype, list(texts))
+            response.answer.append(rrset)
+        return response
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._tasks.add(asyncio.current_task())
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
+            for _ in range(MAX_TCP_QUERIES):
+                (length,) = struct.unpack("!H", await reader.readexactly(2))
+                answer = self.reply(await reader.readexactly(length), "tcp")
+                if answer is None:
+                    await reader.read()  # silent: hold the connection until the client gives up
+                    break
+                writer.write(struct.pack("!H", len(answer)) + answer)
+                await writer.drain()
+        writer.close()
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, server: DNSServer) -> None:
+        self.server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.DatagramTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple) -> None:
+        answer = self.server.reply(data, "udp")
+        if answer is not None:
+            self.transport.sendto(answer, addr)
+
+
+def _absolute(name: str) -> str:
+    return dns.name.from_text(name).to_text().lower()
