@@ -5,6 +5,7 @@ from __future__ import annotations
 # scheme: (protocol, TLS mode, port)
 SCHEMES: dict[str, tuple[str, str, int]] = {
     "tcp": ("tcp", "none", 0),  # no standard port: a TCP URL must name one
+    "tls": ("tcp", "implicit", 0),  # TCP with TLS from the start, like blackbox's tcp prober with tls: true
     "smtp": ("smtp", "none", 25),
     "submission": ("smtp", "starttls", 587),
     "smtps": ("smtp", "implicit", 465),
@@ -24,9 +25,9 @@ def standard_port(protocol: str, tls_mode: str) -> int | None:
     STARTTLS runs on the plaintext port (SMTP 25, POP3 110, IMAP 143); mail clients submit on
     587, which the `submission` scheme names.
     """
+    if tls_mode == "starttls":
+        return standard_port(protocol, "none")
     for scheme_protocol, scheme_mode, port in SCHEMES.values():
         if (scheme_protocol, scheme_mode) == (protocol, tls_mode) and port:
             return port
-    if tls_mode == "starttls":
-        return standard_port(protocol, "none")
     return None

@@ -1,0 +1,53 @@
+# Portwatch. `make run` serves the admin at http://127.0.0.1:8000/admin/, `make test` runs the suite, `make lint` checks style.
+# Each creates .venv/ with python3 -m venv when missing and installs the pinned requirements only when they change.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PORTWATCH_HOST ?= 127.0.0.1
+PORTWATCH_PORT ?= 8000
+PYTEST_ARGS ?=
+
+# A stamp named after the requirements' hash: editing a file (or going back to an older one) reinstalls.
+hash = $(shell $(PYTHON) -c 'import hashlib, sys; print(hashlib.sha256(b"".join(open(f, "rb").read() for f in sys.argv[1:])).hexdigest()[:16])' $(1))
+RUNTIME_STAMP := $(VENV)/.installed-runtime-$(call hash,requirements.txt)
+DEV_STAMP := $(VENV)/.installed-dev-$(call hash,requirements.txt requirements-dev.txt)
+
+.PHONY: help run test lint
+
+help:
+	@echo "make run   serve Portwatch on http://$(PORTWATCH_HOST):$(PORTWATCH_PORT)/ (PORTWATCH_HOST and PORTWATCH_PORT may be set in the environment)"
+	@echo "make test  run the test suite (pass options with PYTEST_ARGS='-k smtp')"
+	@echo "make lint  ruff check and ruff format --check"
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME_STAMP): | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-runtime-*
+	touch $@
+
+$(DEV_STAMP): | $(PY)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	rm -f $(VENV)/.installed-dev-* $(VENV)/.installed-runtime-*
+	touch $@ $(RUNTIME_STAMP)  # requirements-dev.txt includes requirements.txt
+
+run: $(RUNTIME_STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py ensureadmin
+	@echo
+	@echo "Portwatch is starting: open http://$(PORTWATCH_HOST):$(PORTWATCH_PORT)/admin/ and sign in. Ctrl-C stops it."
+	@echo
+	@# --insecure serves the admin's CSS and JS with DEBUG off, which the embedded mode keeps off.
+	$(PY) manage.py runserver --insecure $(PORTWATCH_HOST):$(PORTWATCH_PORT)
+
+# The tests get a throwaway data directory, so they never touch var/ (secret key, SQLite, broker).
+# pytest's exit status passes through: 5 ("no tests collected") fails the target too.
+test: $(DEV_STAMP)
+	data=$$(mktemp -d) && trap 'rm -rf "$$data"' EXIT && PORTWATCH_DATA_DIR="$$data" $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(DEV_STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .

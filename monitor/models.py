@@ -1,0 +1,162 @@
+"""The Service model: what to probe, how often, and with which options; a thin caller of the probe engine.
+
+Validation names the field and says what is allowed, for the admin and `full_clean()` alike. The
+protocol list, TLS modes, standard ports and option parsing all come from `monitor.probes`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import models
+
+from monitor import validation
+from monitor.probes import PROTOCOLS, ConnectionOptions, OptionsError, Target, parse_options, standard_port
+
+PROTOCOL_CHOICES = [(key, key.upper()) for key in PROTOCOLS]
+TLS_MODE_CHOICES = [("none", "None"), ("starttls", "STARTTLS"), ("implicit", "Implicit TLS")]
+DEFAULT_INTERVAL = 60
+DEFAULT_TIMEOUT = 10.0
+
+
+class HostField(models.CharField):
+    """A host name or IP literal, stored as probes use it: IDNs in ASCII (xn--) form, IPs canonical."""
+
+    def to_python(self, value: Any) -> str:
+        value = super().to_python(value)
+        return validation.normalise_host(value) if value else value
+
+
+class TagsField(models.CharField):
+    """Tags as one lowercase, comma-separated, de-duplicated string."""
+
+    def to_python(self, value: Any) -> str:
+        return validation.normalise_tags(super().to_python(value) or "")
+
+
+def _choice_error(field: str, choices: list[tuple[str, str]]) -> dict[str, str]:
+    allowed = ", ".join(key for key, _ in choices)
+    return {"invalid_choice": f"{field} must be one of {allowed}, not %(value)r."}
+
+
+class Service(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    host = HostField(
+        max_length=validation.MAX_HOST_LENGTH,
+        error_messages={"blank": f"Host is required: {validation.HOST_ALLOWED}."},
+        help_text="A DNS name or an IP address; international names are stored in ASCII (xn--) form.",
+    )
+    port = models.IntegerField(
+        null=True,
+        blank=True,
+        validators=[validation.validate_port],
+        help_text="Empty means the protocol's standard port, e.g. 25 for SMTP or 993 for IMAPS.",
+    )
+    protocol = models.CharField(
+        max_length=16, choices=PROTOCOL_CHOICES, error_messages=_choice_error("Protocol", PROTOCOL_CHOICES)
+    )
+    tls_mode = models.CharField(
+        "TLS mode",
+        max_length=16,
+        choices=TLS_MODE_CHOICES,
+        default="none",
+        error_messages=_choice_error("TLS mode", TLS_MODE_CHOICES),
+    )
+    interval = models.IntegerField(
+        default=DEFAULT_INTERVAL,
+        validators=[validation.validate_interval],
+        help_text=f"Seconds between probes, at least {validation.MIN_INTERVAL}.",
+    )
+    timeout = models.FloatField(
+        default=DEFAULT_TIMEOUT,
+        validators=[validation.validate_timeout],
+        help_text="Seconds a probe may take in all; more than 0 and less than the interval.",
+    )
+    enabled = models.BooleanField(default=True)
+    tags = TagsField(max_length=200, blank=True, default="", help_text="Comma-separated, e.g. mail, production.")
+    options = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        # The same rules as the validators, for writes that skip full_clean() (bulk updates, shell).
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(port__isnull=True)
+                | models.Q(port__gte=validation.MIN_PORT, port__lte=validation.MAX_PORT),
+                name="service_port_in_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(interval__gte=validation.MIN_INTERVAL), name="service_interval_min"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(timeout__gt=0) & models.Q(timeout__lt=models.F("interval")),
+                name="service_timeout_below_interval",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        """Check the rules across fields: TLS mode, port and options against the protocol; timeout against interval."""
+        errors: dict[str, str] = {}
+        if self.options in (None, ""):
+            self.options = {}  # an emptied JSON box in the admin arrives as None
+        if self.protocol in PROTOCOLS:
+            errors.update(self._protocol_errors())
+        numbers = isinstance(self.interval, int) and isinstance(self.timeout, (int, float))
+        if numbers and self.timeout > 0 and self.timeout >= self.interval:
+            errors["timeout"] = (
+                f"Timeout must be shorter than the interval ({self.interval} s), not {self.timeout:g} s."
+            )
+        if errors:
+            raise ValidationError(errors)
+
+    def _protocol_errors(self) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        modes = PROTOCOLS[self.protocol].TLS_MODES
+        if self.tls_mode not in modes and self.tls_mode in dict(TLS_MODE_CHOICES):
+            errors["tls_mode"] = (
+                f"TLS mode for {self.protocol} must be one of {', '.join(modes)}, not {self.tls_mode!r}."
+            )
+        elif self.tls_mode in modes and self.port is None and standard_port(self.protocol, self.tls_mode) is None:
+            errors["port"] = f"Port is required: {self.protocol} has no standard port."
+        if not isinstance(self.options, dict):
+            errors["options"] = (
+                'Options must be a JSON object of option names and values, such as {"tls_warn_days": 7}, '
+                f"not {type(self.options).__name__}."
+            )
+            return errors
+        try:
+            parsed = parse_options(self.protocol, self.options)
+        except OptionsError as error:
+            errors["options"] = f"options.{error.field}: {error.message}"
+        else:
+            self.options = {key: _stored(getattr(parsed, key), raw) for key, raw in self.options.items()}
+        return errors
+
+    def effective_port(self) -> int:
+        """Return the port to connect to: the one set, else the protocol's standard port."""
+        port = self.port or standard_port(self.protocol, self.tls_mode)
+        if port is None:
+            raise ValueError(f"service {self.name!r} has no port and {self.protocol} has no standard port")
+        return port
+
+    def target(self) -> Target:
+        return Target(self.host, self.effective_port(), self.tls_mode)
+
+    def probe_options(self) -> ConnectionOptions:
+        """Return the protocol's typed options; raise OptionsError if the stored ones no longer parse."""
+        return parse_options(self.protocol, self.options)
+
+    @property
+    def tag_list(self) -> list[str]:
+        return [tag for tag in self.tags.split(",") if tag]
+
+
+def _stored(typed: Any, raw: Any) -> Any:
+    """Return the option to store: typed if plain JSON ("7" from a form becomes 7), else as the user gave it."""
+    return typed if isinstance(typed, (str, int, float, bool, type(None))) else raw

@@ -1,0 +1,12 @@
+"""URL routes: the Django admin at /admin/; the root redirects there until the dashboard exists."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import path
+from django.views.generic import RedirectView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+]
