@@ -59,11 +59,7 @@ class ConnectionOptions:
 
     def to_mapping(self) -> dict[str, Any]:
         """Return the options that differ from their defaults, as plain data."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if getattr(self, f.name) != f.default
-        }
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
 
 
 def parse_host_port(text: str, *, default_port: int, field: str) -> tuple[str, int]:

@@ -98,7 +98,7 @@ class Result:
         return self.status is not Status.DOWN
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the result as plain JSON-ready data with keys status, failure, reason, phases, tls, banner, details."""
+        """Return plain JSON-ready data: status, failure, reason, address, phases, tls, banner, details."""
         return {
             "status": str(self.status),
             "failure": None if self.failure is None else str(self.failure),
