@@ -1,4 +1,4 @@
-"""Probe throughput: SMTP STARTTLS and HTTP probes against local servers at concurrency 1 and 100.
+"""Probe throughput: SMTP STARTTLS, HTTP, TCP and TLS banner probes against local servers, concurrency 1 and 100.
 
 Servers run in a child process so that the CPU figures are the prober's alone. Prints a table
 of probes per second and CPU milliseconds per probe, then one JSON line of the medians.
@@ -13,6 +13,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import socket
 import ssl
 import statistics
 import sys
@@ -28,7 +29,7 @@ HTTP_RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length:
 
 
 def serve(cert_dir: str, ports: multiprocessing.Queue) -> None:
-    """Run an aiosmtpd server with STARTTLS, an HTTP server and a TCP banner server until killed."""
+    """Run an aiosmtpd server with STARTTLS, an HTTP server and TCP banner servers (plain, TLS) until killed."""
     from aiosmtpd.handlers import Sink
     from aiosmtpd.smtp import SMTP
 
@@ -53,11 +54,14 @@ def serve(cert_dir: str, ports: multiprocessing.Queue) -> None:
         )
         http_server = await asyncio.start_server(http, "127.0.0.1", 0, backlog=1024)
         tcp_server = await asyncio.start_server(banner, "127.0.0.1", 0, backlog=1024)
+        tls_server = await asyncio.start_server(banner, "127.0.0.1", 0, backlog=1024, ssl=context)
         ports.put(
             {
                 "smtp": smtp.sockets[0].getsockname()[1],
                 "http": http_server.sockets[0].getsockname()[1],
                 "tcp": tcp_server.sockets[0].getsockname()[1],
+                "tls": tls_server.sockets[0].getsockname()[1],
+                "ssl": tls_server.sockets[0].getsockname()[1],  # ssl_floor: the TLS banner server, no Portwatch
             }
         )
         await asyncio.Event().wait()
@@ -70,6 +74,7 @@ async def run_batch(kind: str, port: int, ca_file: str, count: int, concurrency:
         "smtp_starttls": ("smtp", "starttls", {"tls_ca_file": ca_file}),
         "http": ("http", "none", {"keyword": "healthy"}),
         "tcp_banner": ("tcp", "none", {"read_banner": True}),
+        "tls_banner": ("tcp", "implicit", {"read_banner": True, "tls_ca_file": ca_file}),
     }[kind]
     options = PROTOCOLS[protocol].Options.from_mapping(raw)
     target = Target("127.0.0.1", port, tls)
@@ -94,12 +99,30 @@ async def run_batch(kind: str, port: int, ca_file: str, count: int, concurrency:
     }
 
 
+def ssl_floor(port: int, ca_file: str, count: int) -> dict:
+    """Measure the bare stdlib TLS handshake and banner read, without Portwatch: the floor for TLS probes."""
+    context = ssl.create_default_context(cafile=ca_file)
+    cpu, wall = time.process_time(), time.perf_counter()
+    for _ in range(count):
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", port)), server_hostname="127.0.0.1") as sock:
+            sock.recv(100)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    return {
+        "probes_per_second": count / wall,
+        "cpu_ms_per_probe": cpu * 1000 / count,
+        "probes_per_cpu_second": count / cpu,
+        "failures": 0,
+        "first_failure": None,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=2000, help="probes per protocol and concurrency (default 2000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the median is reported (default 3)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 100])
-    parser.add_argument("--kinds", nargs="+", default=["smtp_starttls", "http", "tcp_banner"])
+    kinds = ["smtp_starttls", "http", "tcp_banner", "tls_banner", "ssl_floor"]
+    parser.add_argument("--kinds", nargs="+", default=kinds)
     args = parser.parse_args()
 
     import trustme
@@ -123,8 +146,13 @@ def measure(args: argparse.Namespace, port_of: dict, ca_file: str) -> list[dict]
     rows = []
     for kind in args.kinds:
         port = port_of[kind.split("_")[0]]
-        for concurrency in args.concurrency:
-            runs = [asyncio.run(run_batch(kind, port, ca_file, args.probes, concurrency)) for _ in range(args.repeat)]
+        for concurrency in [1] if kind == "ssl_floor" else args.concurrency:
+            runs = [
+                ssl_floor(port, ca_file, args.probes)
+                if kind == "ssl_floor"
+                else asyncio.run(run_batch(kind, port, ca_file, args.probes, concurrency))
+                for _ in range(args.repeat)
+            ]
             row = {"kind": kind, "concurrency": concurrency, "probes": args.probes, "runs": args.repeat}
             for key in ("probes_per_second", "cpu_ms_per_probe", "probes_per_cpu_second"):
                 row[key] = round(statistics.median(run[key] for run in runs), 3)
