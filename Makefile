@@ -44,9 +44,14 @@ run: $(RUNTIME_STAMP)
 	$(PY) manage.py runserver --insecure $(PORTWATCH_HOST):$(PORTWATCH_PORT)
 
 # The tests get a throwaway data directory, so they never touch var/ (secret key, SQLite, broker).
+# The whole suite runs on SQLite, then the tests marked `postgres` run again on PostgreSQL
+# (TEST_DATABASE_URL; pytest-django creates and drops its own test_ database there).
 # pytest's exit status passes through: 5 ("no tests collected") fails the target too.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 test: $(DEV_STAMP)
-	data=$$(mktemp -d) && trap 'rm -rf "$$data"' EXIT && PORTWATCH_DATA_DIR="$$data" $(PY) -m pytest $(PYTEST_ARGS)
+	data=$$(mktemp -d) && trap 'rm -rf "$$data"' EXIT && \
+	PORTWATCH_DATA_DIR="$$data" $(PY) -m pytest $(PYTEST_ARGS) && \
+	PORTWATCH_DATA_DIR="$$data" DATABASE_URL="$(TEST_DATABASE_URL)" $(PY) -m pytest -m postgres $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

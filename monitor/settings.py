@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from monitor.config import database_from_url, env_bool, env_list, env_path, env_str, load_secret_key
+from monitor.config import database_from_url, env_bool, env_int, env_list, env_path, env_str, load_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -101,3 +101,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
 )
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_IGNORE_RESULT = True  # results live in our own tables, not in a result backend
+
+# The daemon. Each is read once here; `docs/architecture.md` shows where they act.
+PORTWATCH_LOCATION = env_str("PORTWATCH_LOCATION", "default")  # the location a worker probes from
+PORTWATCH_BATCH_SIZE = env_int("PORTWATCH_BATCH_SIZE", 50, minimum=1, maximum=5000)  # checks per task
+PORTWATCH_WORKER_CONCURRENCY = env_int("PORTWATCH_WORKER_CONCURRENCY", 2, minimum=1, maximum=256)  # processes
+PORTWATCH_RESULT_RETENTION_DAYS = env_int("PORTWATCH_RESULT_RETENTION_DAYS", 7, minimum=1, maximum=3650)
+PORTWATCH_HOURLY_RETENTION_DAYS = env_int("PORTWATCH_HOURLY_RETENTION_DAYS", 400, minimum=1, maximum=36500)

@@ -102,14 +102,14 @@ def _host_error(problem: str, value: str) -> ValidationError:
     return ValidationError(f"Host must be {HOST_ALLOWED}: {problem}.", code="invalid_host", params={"value": value})
 
 
-def normalise_tags(value: str) -> str:
-    """Return tags as one comma-separated string: lowercase, in first-seen order, without duplicates."""
+def normalise_tags(value: str, *, what: str = "Tags") -> str:
+    """Return tags (or locations) as one comma-separated string: lowercase, in first-seen order, without duplicates."""
     tags: list[str] = []
     for raw in re.split(r"[,\s]+", value.strip().lower()):
         if raw and raw not in tags:
             if not TAG.fullmatch(raw) or len(raw) > MAX_TAG_LENGTH:
                 raise ValidationError(
-                    f"Tags are separated by commas or spaces; each may hold letters, digits, '-', '_' and '.', "
+                    f"{what} are separated by commas or spaces; each may hold letters, digits, '-', '_' and '.', "
                     f"start with a letter or digit and have at most {MAX_TAG_LENGTH} characters, not {raw!r}.",
                     code="invalid_tag",
                 )

@@ -48,3 +48,40 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
         wrong_host=ca.issue_cert("elsewhere.test"),
         unknown_ca=stranger.issue_cert("localhost", "127.0.0.1"),
     )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On a PostgreSQL run (DATABASE_URL set, as `make test`'s second pass does), check the server once.
+
+    Unreachable: skip every test with the reason, or under CI=true stop the run as failed.
+    """
+    from django.conf import settings
+
+    database = settings.DATABASES["default"]
+    if "postgresql" not in database["ENGINE"]:
+        return
+    reason = _postgres_problem(database)
+    if reason is None:
+        return
+    if IN_CI:
+        pytest.exit(f"CI=true and PostgreSQL is unreachable: {reason}", returncode=1)
+    skip = pytest.mark.skip(reason=f"PostgreSQL is unreachable: {reason}")
+    for item in items:
+        item.add_marker(skip)
+
+
+def _postgres_problem(database: dict) -> str | None:
+    import psycopg
+
+    try:
+        psycopg.connect(
+            host=database.get("HOST") or "127.0.0.1",
+            port=database.get("PORT") or 5432,
+            user=database.get("USER") or "postgres",
+            password=database.get("PASSWORD") or None,
+            dbname=database.get("NAME") or "postgres",
+            connect_timeout=3,
+        ).close()
+    except psycopg.Error as error:
+        return str(error).strip().splitlines()[0]
+    return None

@@ -12,7 +12,7 @@ from monitor.models import Service
 from monitor.probes import PROTOCOLS, Target, tcp
 from tests.conftest import need
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
 TCP_OPTIONS = "expect, ip_family, read_banner, resolver, send, tls_ca_file, tls_server_name, tls_verify, tls_warn_days"
 

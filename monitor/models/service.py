@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 
 from monitor import validation
@@ -18,6 +19,7 @@ PROTOCOL_CHOICES = [(key, key.upper()) for key in PROTOCOLS]
 TLS_MODE_CHOICES = [("none", "None"), ("starttls", "STARTTLS"), ("implicit", "Implicit TLS")]
 DEFAULT_INTERVAL = 60
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_LOCATION = "default"  # where a service that names no location is probed from
 
 
 class HostField(models.CharField):
@@ -31,8 +33,16 @@ class HostField(models.CharField):
 class TagsField(models.CharField):
     """Tags as one lowercase, comma-separated, de-duplicated string."""
 
+    what = "Tags"
+
     def to_python(self, value: Any) -> str:
-        return validation.normalise_tags(super().to_python(value) or "")
+        return validation.normalise_tags(super().to_python(value) or "", what=self.what)
+
+
+class LocationsField(TagsField):
+    """Locations a service is probed from, stored like tags; each names a worker queue."""
+
+    what = "Locations"
 
 
 def _choice_error(field: str, choices: list[tuple[str, str]]) -> dict[str, str]:
@@ -76,6 +86,23 @@ class Service(models.Model):
     enabled = models.BooleanField(default=True)
     tags = TagsField(max_length=200, blank=True, default="", help_text="Comma-separated, e.g. mail, production.")
     options = models.JSONField(default=dict, blank=True)
+    locations = LocationsField(
+        max_length=200,
+        blank=True,
+        default="",
+        help_text=f"Comma-separated locations to probe from, each served by its own workers; empty means "
+        f"{DEFAULT_LOCATION!r}.",
+    )
+    failure_threshold = models.PositiveSmallIntegerField(
+        default=2,
+        validators=[MinValueValidator(1, "Failure threshold must be at least 1.")],
+        help_text="Consecutive failed probes before the service counts as down and an incident opens.",
+    )
+    recovery_threshold = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1, "Recovery threshold must be at least 1.")],
+        help_text="Consecutive good probes before the service counts as up again and the incident closes.",
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -155,6 +182,10 @@ class Service(models.Model):
     @property
     def tag_list(self) -> list[str]:
         return [tag for tag in self.tags.split(",") if tag]
+
+    @property
+    def location_list(self) -> list[str]:
+        return [location for location in self.locations.split(",") if location] or [DEFAULT_LOCATION]
 
 
 def _stored(typed: Any, raw: Any) -> Any:

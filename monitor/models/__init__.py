@@ -1,0 +1,33 @@
+"""Portwatch's models: services, their schedule, and what probing them produced."""
+
+from monitor.models.history import (
+    DailyRollup,
+    HourlyRollup,
+    Incident,
+    ProbeResult,
+    ServiceState,
+    StatusChange,
+)
+from monitor.models.schedule import Schedule
+from monitor.models.service import (
+    DEFAULT_LOCATION,
+    HostField,
+    LocationsField,
+    Service,
+    TagsField,
+)  # fields: migrations name them here
+
+__all__ = [
+    "DEFAULT_LOCATION",
+    "DailyRollup",
+    "HostField",
+    "HourlyRollup",
+    "Incident",
+    "LocationsField",
+    "ProbeResult",
+    "Schedule",
+    "Service",
+    "ServiceState",
+    "StatusChange",
+    "TagsField",
+]
