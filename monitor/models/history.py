@@ -81,12 +81,22 @@ class ServiceState(models.Model):
     last_phases = models.JSONField(default=dict, blank=True)
     consecutive_failures = models.PositiveIntegerField(default=0)
     consecutive_successes = models.PositiveIntegerField(default=0)
+    # When the current run of failures (or of successes) began: the start of its first probe. An
+    # incident starts, and ends, there, so its duration is the real outage, not the thresholds' lag.
+    streak_since = models.DateTimeField(null=True, blank=True)
+    # The newest slot applied to this state; an older slot arriving late is stored but not applied.
+    last_scheduled_at = models.DateTimeField(null=True, blank=True)
     tls = models.JSONField(null=True, blank=True)  # the last TLS facts seen, as Result.tls.to_dict()
     details = models.JSONField(default=dict, blank=True)  # the last probe's protocol details
     open_incident = models.ForeignKey(Incident, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["service", "location"], name="state_service_location")]
+
+    @property
+    def failing_since(self):
+        """Return when the current run of failed probes began, or None after a success."""
+        return self.streak_since if self.consecutive_failures else None
 
     def __str__(self) -> str:
         return f"{self.service_id}@{self.location} {self.status} since {self.since:%Y-%m-%d %H:%M:%S}"

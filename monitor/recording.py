@@ -1,0 +1,402 @@
+"""Store probe outcomes: raw results, the current state per service and location, status changes, incidents.
+
+Exposes `Outcome` (one probe of one slot) and `record(outcomes) -> int`, which workers call once
+per batch. Rollups and retention live in `monitor.rollups` and `monitor.retention`.
+
+Decisions:
+
+1. **Idempotent per slot.** (service, location, scheduled_at) is unique; an outcome for a slot
+   already stored changes nothing: no row, no counter, no change, no incident. Outcomes of
+   services deleted meanwhile are dropped.
+2. **Thresholds.** A probe fails when its status is down; up and warning are successes. The
+   confirmed `status` becomes down after `failure_threshold` failures in a row, and leaves down
+   after `recovery_threshold` successes in a row. From unknown, the first success confirms up or
+   warning at once; failures keep unknown until the threshold. While not down, the status follows
+   up and warning directly. Every change of the confirmed status writes one `StatusChange`
+   (created = start of the probe that confirmed it); nobody is notified here.
+3. **Incidents** open when the status becomes down, with `started_at` = start of the first failed
+   probe of the streak (`ServiceState.streak_since`), so the duration is the real outage; failure
+   and reason come from the probe that confirmed it. They close when the status leaves down, with
+   `ended_at` = start of the first good probe of the recovering streak (symmetric with the start;
+   with the default recovery threshold of 1 that is the confirming probe). `ServiceState.since`
+   is set to the same moments.
+4. **TLS facts** on the state: the probe's when it has some; cleared when a probe succeeded
+   without TLS (the service no longer speaks it, so old facts would mislead); kept when a failed
+   probe had none (a refused connection says nothing about the certificate).
+5. **Out of order.** An outcome for a slot older than the newest one applied to its state
+   (`ServiceState.last_scheduled_at`) is stored as a raw result but does not touch the state,
+   changes or incidents: replaying old news would flap the status. Within a batch, each
+   service's outcomes are applied in slot order.
+6. **Cost.** One transaction per batch and a fixed number of queries whatever its size (five
+   when nothing changes status: services, state rows, recorded slots, insert results, update
+   states; plus up to three when incidents open or close or the status changes; plus two the
+   first time a service is seen).
+7. **Concurrency.** On PostgreSQL the state rows of the batch are locked (`SELECT ... FOR UPDATE`,
+   ordered by id so two workers never deadlock on them) before the slots are checked, so the
+   same slot recorded twice at once stores one row. On SQLite the batch's transaction opens
+   with BEGIN IMMEDIATE, waiting for SQLite's single write lock up front (`_write_transaction`).
+   A deadlock, a database locked past SQLite's busy timeout (writers in a tight loop can starve
+   one another) or a conflicting concurrent insert retries the whole batch (`MAX_ATTEMPTS`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from django.db import IntegrityError, OperationalError, connection, transaction
+
+from monitor.models import Incident, ProbeResult, Service, ServiceState, StatusChange
+from monitor.probes import Result, Status
+
+logger = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 3
+RETRY_PAUSE = 0.05  # seconds, times the attempt number
+DOWN = str(Status.DOWN)
+UNKNOWN = "unknown"
+STATE_FIELDS = [
+    "status",
+    "since",
+    "last_result",
+    "last_checked_at",
+    "last_scheduled_at",
+    "last_status",
+    "last_failure",
+    "last_reason",
+    "last_phases",
+    "consecutive_failures",
+    "consecutive_successes",
+    "streak_since",
+    "tls",
+    "details",
+    "open_incident",
+]
+
+Pair = tuple[int, str]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """One probe of one slot: what `run_probe` returned for service `service_id` at `location`."""
+
+    service_id: int
+    location: str
+    scheduled_at: dt.datetime  # aware UTC: the slot this probe was for
+    started_at: dt.datetime  # aware UTC: when the probe actually started
+    result: Result
+
+    @property
+    def pair(self) -> Pair:
+        return (self.service_id, self.location)
+
+    @property
+    def slot(self) -> tuple[int, str, dt.datetime]:
+        return (self.service_id, self.location, self.scheduled_at)
+
+
+@dataclasses.dataclass
+class _Ledger:
+    """What applying a batch to the states produced, written in bulk afterwards."""
+
+    opened: dict[Pair, Incident] = dataclasses.field(default_factory=dict)  # not saved yet
+    new_incidents: list[Incident] = dataclasses.field(default_factory=list)
+    closed: dict[int, dt.datetime] = dataclasses.field(default_factory=dict)  # saved incident id -> ended_at
+    changes: list[StatusChange] = dataclasses.field(default_factory=list)
+
+
+def record(outcomes: Sequence[Outcome]) -> int:
+    """Store results, update current state, record status changes and incidents; return how many were new.
+
+    Idempotent per (service, location, scheduled_at): an outcome for a slot already recorded changes nothing.
+    """
+    if not outcomes:
+        return 0
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        try:
+            with _write_transaction():
+                return _record(outcomes)
+        except (OperationalError, IntegrityError) as error:
+            # A deadlock, SQLite busy past its timeout, or a row inserted or deleted by someone
+            # else meanwhile: the next attempt sees the settled database and skips what is stored.
+            if attempt == MAX_ATTEMPTS:
+                raise
+            logger.warning("recording %d outcomes failed (%s); retrying", len(outcomes), error)
+            time.sleep(RETRY_PAUSE * attempt)
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def _write_transaction() -> Iterator[None]:
+    """Open the batch's transaction; on SQLite as BEGIN IMMEDIATE, which waits for the write lock up front.
+
+    A deferred SQLite transaction that reads before it writes fails at once with "database is
+    locked" when another writer got in between; an immediate one waits its turn (up to the busy
+    timeout). Setting OPTIONS["transaction_mode"] = "IMMEDIATE" does this for
+    every transaction; this does it for recording whatever the settings say.
+    """
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        with transaction.atomic():
+            yield
+        return
+    connection.ensure_connection()  # a new connection would reset the mode set below
+    previous, connection.transaction_mode = connection.transaction_mode, "IMMEDIATE"
+    try:
+        with transaction.atomic():
+            connection.transaction_mode = previous  # BEGIN has been sent
+            yield
+    finally:
+        connection.transaction_mode = previous
+
+
+def _record(outcomes: Sequence[Outcome]) -> int:
+    """Record one batch inside the caller's transaction.
+
+    1. Drop outcomes of deleted services and repeated slots; read the thresholds.
+    2. Lock the batch's states, creating missing ones.
+    3. Insert the results of slots not stored yet.
+    4. Apply them to the states in slot order; write incidents, states and status changes.
+    """
+    thresholds = _thresholds({outcome.service_id for outcome in outcomes})
+    unique: dict[tuple[int, str, dt.datetime], Outcome] = {}
+    for outcome in outcomes:
+        if outcome.service_id in thresholds:
+            unique.setdefault(outcome.slot, outcome)
+    if not unique:
+        return 0
+    states = _lock_states(list(unique.values()))
+    stored = _stored_slots(list(unique.values()))
+    new = [outcome for slot, outcome in unique.items() if slot not in stored]
+    if not new:
+        return 0
+    rows = ProbeResult.objects.bulk_create([_result_row(outcome) for outcome in new])
+    ledger = _Ledger()
+    touched = _apply_all(new, rows, states, thresholds, ledger)
+    _save(touched, ledger)
+    return len(new)
+
+
+def _thresholds(service_ids: set[int]) -> dict[int, tuple[int, int]]:
+    """Return {service id: (failure threshold, recovery threshold)} of the services that still exist."""
+    rows = Service.objects.filter(id__in=service_ids).values_list("id", "failure_threshold", "recovery_threshold")
+    return {service_id: (failures, successes) for service_id, failures, successes in rows}
+
+
+def _lock_states(outcomes: Sequence[Outcome]) -> dict[Pair, ServiceState]:
+    """Return the state of every (service, location) in `outcomes`, created if missing, locked on PostgreSQL."""
+    first_seen: dict[Pair, dt.datetime] = {}
+    for outcome in outcomes:
+        first_seen[outcome.pair] = min(outcome.started_at, first_seen.get(outcome.pair, outcome.started_at))
+    states = _select_states(set(first_seen))
+    missing = {pair: since for pair, since in first_seen.items() if pair not in states}
+    if missing:
+        _create_states(missing)
+        states |= _select_states(set(missing))
+    return states
+
+
+def _create_states(first_seen: dict[Pair, dt.datetime]) -> None:
+    ServiceState.objects.bulk_create(
+        [ServiceState(service_id=sid, location=loc, since=since) for (sid, loc), since in first_seen.items()],
+        ignore_conflicts=True,  # created meanwhile by another worker: theirs stands
+    )
+
+
+def _select_states(pairs: set[Pair]) -> dict[Pair, ServiceState]:
+    query = (
+        ServiceState.objects.filter(service_id__in={sid for sid, _ in pairs}, location__in={loc for _, loc in pairs})
+        .order_by("id")  # one lock order for every worker: no deadlocks between batches
+        .select_for_update()  # a no-op on SQLite
+    )
+    return {(state.service_id, state.location): state for state in query if (state.service_id, state.location) in pairs}
+
+
+def _stored_slots(outcomes: Sequence[Outcome]) -> set[tuple[int, str, dt.datetime]]:
+    rows = ProbeResult.objects.filter(
+        service_id__in={outcome.service_id for outcome in outcomes},
+        scheduled_at__in={outcome.scheduled_at for outcome in outcomes},
+    ).values_list("service_id", "location", "scheduled_at")
+    return set(rows)
+
+
+def _result_row(outcome: Outcome) -> ProbeResult:
+    result, tls = outcome.result, outcome.result.tls
+    return ProbeResult(
+        service_id=outcome.service_id,
+        location=outcome.location,
+        scheduled_at=outcome.scheduled_at,
+        started_at=outcome.started_at,
+        status=str(result.status),
+        failure=str(result.failure or ""),
+        reason=_text(result.reason, ProbeResult._meta.get_field("reason").max_length),
+        **{name: getattr(result.phases, name) for name in (*result.phases.NAMES, "total")},
+        address=_text(result.address or "", ProbeResult._meta.get_field("address").max_length),
+        tls_version=_text(tls.version or "", 16) if tls else "",
+        tls_days_left=tls.days_left if tls else None,
+        tls_fingerprint=_text(tls.fingerprint_sha256, 64) if tls else "",
+        banner=_text(result.banner, ProbeResult._meta.get_field("banner").max_length),
+    )
+
+
+def _apply_all(
+    outcomes: Sequence[Outcome],
+    rows: Sequence[ProbeResult],
+    states: dict[Pair, ServiceState],
+    thresholds: dict[int, tuple[int, int]],
+    ledger: _Ledger,
+) -> list[ServiceState]:
+    """Apply each service's new outcomes to its state in slot order; return the states that changed."""
+    by_pair: dict[Pair, list[tuple[Outcome, ProbeResult]]] = defaultdict(list)
+    for outcome, row in zip(outcomes, rows, strict=True):
+        by_pair[outcome.pair].append((outcome, row))
+    touched = []
+    for pair, items in by_pair.items():
+        state = states[pair]
+        applied = False
+        for outcome, row in sorted(items, key=lambda item: item[0].scheduled_at):
+            if state.last_scheduled_at is not None and outcome.scheduled_at <= state.last_scheduled_at:
+                continue  # an older slot arriving late: stored above, but it must not roll the state back
+            _apply(state, outcome, row, thresholds[outcome.service_id], ledger)
+            applied = True
+        if applied:
+            touched.append(state)
+    return touched
+
+
+def _apply(
+    state: ServiceState, outcome: Outcome, row: ProbeResult, thresholds: tuple[int, int], ledger: _Ledger
+) -> None:
+    """Update `state` with one probe; on a change of the confirmed status, note the change and incident."""
+    result = outcome.result
+    data = result.to_dict()
+    state.last_result_id = row.pk
+    state.last_checked_at = outcome.started_at
+    state.last_scheduled_at = outcome.scheduled_at
+    state.last_status = data["status"]
+    state.last_failure = data["failure"] or ""
+    state.last_reason = row.reason
+    state.last_phases = data["phases"]
+    state.details = _json_safe(data["details"])
+    if result.tls is not None:
+        state.tls = _json_safe(data["tls"])
+    elif result.ok:
+        state.tls = None
+    if result.ok:
+        if not state.consecutive_successes:
+            state.streak_since = outcome.started_at
+        state.consecutive_successes += 1
+        state.consecutive_failures = 0
+    else:
+        if not state.consecutive_failures:
+            state.streak_since = outcome.started_at
+        state.consecutive_failures += 1
+        state.consecutive_successes = 0
+    confirmed = _confirmed(state, result, *thresholds)
+    if confirmed != state.status:
+        _change(state, confirmed, outcome, row, ledger)
+
+
+def _confirmed(state: ServiceState, result: Result, failure_threshold: int, recovery_threshold: int) -> str:
+    """Return the confirmed status after this probe, given the counters already updated with it."""
+    if state.status == DOWN:
+        return str(result.status) if result.ok and state.consecutive_successes >= recovery_threshold else DOWN
+    if not result.ok:
+        return DOWN if state.consecutive_failures >= failure_threshold else state.status
+    return str(result.status)
+
+
+def _change(state: ServiceState, new: str, outcome: Outcome, row: ProbeResult, ledger: _Ledger) -> None:
+    """Move `state` to `new`: open or close the incident, set `since`, and note one StatusChange."""
+    pair, old = outcome.pair, state.status
+    incident: Incident | None = None
+    since = outcome.started_at
+    if new == DOWN:
+        since = state.streak_since
+        incident = Incident(
+            service_id=pair[0], location=pair[1], started_at=since, failure=row.failure, reason=row.reason
+        )
+        ledger.opened[pair] = incident
+        ledger.new_incidents.append(incident)
+        state.open_incident = incident
+    elif old == DOWN:
+        since = state.streak_since
+        incident = _close(state, pair, since, ledger)
+    state.status, state.since = new, since
+    ledger.changes.append(
+        StatusChange(
+            service_id=pair[0],
+            location=pair[1],
+            created=outcome.started_at,
+            old_status=old,
+            new_status=new,
+            failure=row.failure,
+            reason=row.reason,
+            incident=incident,
+        )
+    )
+
+
+def _close(state: ServiceState, pair: Pair, ended_at: dt.datetime, ledger: _Ledger) -> Incident | None:
+    """Close the state's open incident at `ended_at`; return it (None if it was deleted meanwhile)."""
+    incident = ledger.opened.pop(pair, None)  # opened earlier in this same batch, not saved yet
+    if incident is not None:
+        incident.ended_at = ended_at
+    elif state.open_incident_id is not None:
+        ledger.closed[state.open_incident_id] = ended_at
+        incident = Incident(id=state.open_incident_id)  # a stand-in for the foreign key only
+    state.open_incident = None
+    return incident
+
+
+def _save(states: list[ServiceState], ledger: _Ledger) -> None:
+    """Write the ledger and states in bulk; incidents first, since states and changes point at them."""
+    if ledger.new_incidents:
+        Incident.objects.bulk_create(ledger.new_incidents)
+        by_pair = {(state.service_id, state.location): state for state in states}
+        for pair, incident in ledger.opened.items():  # still open: the state points at it
+            by_pair[pair].open_incident_id = incident.pk
+    if ledger.closed:
+        closing = [Incident(id=pk, ended_at=ended_at) for pk, ended_at in ledger.closed.items()]
+        Incident.objects.bulk_update(closing, ["ended_at"])
+    _update_states(states)
+    if ledger.changes:
+        StatusChange.objects.bulk_create(ledger.changes)
+
+
+def _update_states(states: list[ServiceState]) -> None:
+    """Write the states' fields with one statement run for each row (`executemany`).
+
+    Not `bulk_update()`: its CASE WHEN per field and row cost ~60 ms of Python per batch of 50,
+    five times the database's own time, on the path every probe takes.
+    """
+    if not states:
+        return
+    fields = [ServiceState._meta.get_field(name) for name in STATE_FIELDS]
+    quote = connection.ops.quote_name
+    assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+    sql = f"UPDATE {quote(ServiceState._meta.db_table)} SET {assignments} WHERE id = %s"
+    rows = [[field.get_db_prep_save(getattr(state, field.attname), connection) for field in fields] for state in states]
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, [[*row, state.pk] for row, state in zip(rows, states, strict=True)])
+
+
+def _text(value: str, limit: int) -> str:
+    # PostgreSQL text cannot hold NUL, and a hostile banner may send one: it would fail the batch.
+    return value.replace("\x00", "\ufffd")[:limit]
+
+
+def _json_safe(value: Any) -> Any:
+    """Return `value` with NUL replaced in every string (PostgreSQL's jsonb refuses \\u0000)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
