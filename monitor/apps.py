@@ -1,4 +1,4 @@
-"""The Django app for Portwatch: registers the system checks and binds the Celery app when Django starts."""
+"""The Django app for Portwatch: registers system checks and signals; binds the Celery app when Django starts."""
 
 from __future__ import annotations
 
@@ -14,4 +14,4 @@ class MonitorConfig(AppConfig):
         # Imported here, not in monitor/__init__.py as the Celery docs suggest: that package is also
         # the parent of monitor.probes, and the engine must import without Django or Celery.
         # Loading the app here still makes @shared_task bind to it in every Django process.
-        from monitor import celery, checks  # noqa: F401
+        from monitor import celery, checks, signals  # noqa: F401

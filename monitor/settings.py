@@ -89,7 +89,16 @@ REDIS_URL = env_str("REDIS_URL")
 BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
-    {}
+    {
+        # Acks are early (below), so only messages prefetched but not started wait for an ack;
+        # a dead worker's are re-delivered after this, by when they have expired anyway.
+        "visibility_timeout": 600,
+        # A Redis that vanishes (restart, network) must not hang a worker or beat forever.
+        "socket_timeout": 15,
+        "socket_connect_timeout": 5,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+    }
     if REDIS_URL
     else {
         # One folder for in and out: the filesystem transport's consumers read what producers write there.
@@ -97,10 +106,36 @@ CELERY_BROKER_TRANSPORT_OPTIONS = (
         "data_folder_out": str(BROKER_DIR / "queue"),
         "control_folder": str(BROKER_DIR / "control"),
         "store_processed": False,
+        # kombu lists the folder this often; its default of 1 s would make every hop (beat to
+        # dispatch, dispatch to probe batch) up to a second late.
+        "polling_interval": 0.1,
     }
 )
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_IGNORE_RESULT = True  # results live in our own tables, not in a result backend
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_DEFAULT_QUEUE = "portwatch"  # dispatch and maintenance; probe batches name probe.<location>
+# One batch per worker process at a time: a prefetched batch would sit behind a running one
+# and start its probes late, while an idle worker elsewhere could have taken it.
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Acks early: a worker killed mid-batch loses that batch, and the next slot (at most one
+# interval later) probes those services again. Late acks would re-deliver the batch after the
+# visibility timeout, long after its slots, and a slot could be probed twice.
+CELERY_TASK_ACKS_LATE = False
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = True
+# Wait for the broker forever, at startup and after a restart, instead of exiting.
+CELERY_BROKER_CONNECTION_RETRY = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Beat's default scheduler keeps only last-run times in this file; the schedule itself is below.
+CELERY_BEAT_SCHEDULE_FILENAME = str(DATA_DIR / "celerybeat-schedule")
+# Each entry expires before its next run (paperless-style), so a backlog of ticks built up
+# while workers were down or busy is dropped instead of run in a burst.
+CELERY_BEAT_SCHEDULE = {
+    "dispatch": {"task": "portwatch.dispatch", "schedule": 1.0, "options": {"expires": 1.0}},
+    "update-rollups": {"task": "portwatch.update_rollups", "schedule": 60.0, "options": {"expires": 55.0}},
+    "prune": {"task": "portwatch.prune", "schedule": 3600.0, "options": {"expires": 3300.0}},
+}
 
 # The daemon. Each is read once here; `docs/architecture.md` shows where they act.
 PORTWATCH_LOCATION = env_str("PORTWATCH_LOCATION", "default")  # the location a worker probes from
