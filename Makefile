@@ -35,13 +35,9 @@ $(DEV_STAMP): | $(PY)
 	touch $@ $(RUNTIME_STAMP)  # requirements-dev.txt includes requirements.txt
 
 run: $(RUNTIME_STAMP)
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py ensureadmin
-	@echo
-	@echo "Portwatch is starting: open http://$(PORTWATCH_HOST):$(PORTWATCH_PORT)/admin/ and sign in. Ctrl-C stops it."
-	@echo
-	@# --insecure serves the admin's CSS and JS with DEBUG off, which the embedded mode keeps off.
-	$(PY) manage.py runserver --insecure $(PORTWATCH_HOST):$(PORTWATCH_PORT)
+	@# runmonitor migrates, creates the admin user (password printed once), then runs the web site,
+	@# a Celery worker and the dispatcher until Ctrl-C stops them all.
+	$(PY) manage.py runmonitor --host $(PORTWATCH_HOST) --port $(PORTWATCH_PORT)
 
 # The tests get a throwaway data directory, so they never touch var/ (secret key, SQLite, broker).
 # The whole suite runs on SQLite, then the tests marked `postgres` run again on PostgreSQL

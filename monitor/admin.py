@@ -38,13 +38,17 @@ class ServiceForm(forms.ModelForm):
 class ServiceAdmin(admin.ModelAdmin):
     form = ServiceForm
     list_display = ("name", "protocol", "host", "port", "tls_mode", "interval", "enabled")
-    list_filter = ("protocol", "tls_mode", "enabled")
+    list_filter = ("protocol", "tls_mode", "enabled", "locations")
     search_fields = ("name", "host", "tags")
     readonly_fields = ("created", "updated")
     fieldsets = (
         (None, {"fields": ("name", "enabled", "tags")}),
         ("Target", {"fields": ("protocol", "host", "port", "tls_mode")}),
-        ("Schedule", {"fields": ("interval", "timeout")}),
+        ("Schedule", {"fields": ("interval", "timeout", "locations")}),
+        ("Incidents", {"fields": ("failure_threshold", "recovery_threshold")}),
         ("Options", {"fields": ("options",)}),
         ("History", {"fields": ("created", "updated")}),
     )
+
+
+from monitor import admin_history  # noqa: E402, F401  (registers the read-only history pages)

@@ -126,7 +126,21 @@ def _sqlite(parts: urllib.parse.SplitResult, name: str, base: Path) -> dict[str,
         )
     if path != ":memory:" and not Path(path).is_absolute():
         path = str(base / path)
-    return {"ENGINE": "django.db.backends.sqlite3", "NAME": path}
+    return sqlite_database(path)
+
+
+def sqlite_database(path: str | Path) -> dict[str, Any]:
+    """Return a DATABASES entry for SQLite set up for one web process and several workers writing at once.
+
+    WAL lets the dashboard read while a worker writes; IMMEDIATE transactions take the write lock
+    up front, so two writers queue for `timeout` seconds instead of one failing with "database is
+    locked" halfway through its transaction.
+    """
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"},
+    }
 
 
 def _postgres(parts: urllib.parse.SplitResult, name: str) -> dict[str, Any]:

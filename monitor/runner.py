@@ -14,7 +14,7 @@ from typing import Any
 
 from monitor import recording
 from monitor.models import ProbeResult, Service
-from monitor.probes import OptionsError, Phases, Result, Status, run_probe
+from monitor.probes import Failure, OptionsError, Phases, Result, Status, run_probe
 from monitor.scheduling import Claim, late_limit
 
 logger = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ async def _probe(service: Service) -> Result:
         # Stored settings that no longer parse (an engine upgrade, a bulk update past validation)
         # are the service's problem to show, not a reason to lose the rest of the batch.
         reason = f"the service's settings are not valid any more: {error}"
-        return Result(Status.DOWN, None, reason, Phases())
+        return Result(Status.DOWN, Failure.CONFIG_ERROR, reason, Phases())
     return await run_probe(service.protocol, target, options, timeout=service.timeout)
 
 

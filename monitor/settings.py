@@ -9,7 +9,16 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from monitor.config import database_from_url, env_bool, env_int, env_list, env_path, env_str, load_secret_key
+from monitor.config import (
+    database_from_url,
+    env_bool,
+    env_int,
+    env_list,
+    env_path,
+    env_str,
+    load_secret_key,
+    sqlite_database,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -64,7 +73,7 @@ DATABASE_URL = env_str("DATABASE_URL")
 DATABASES = {
     "default": database_from_url(DATABASE_URL, base=BASE_DIR)
     if DATABASE_URL
-    else {"ENGINE": "django.db.backends.sqlite3", "NAME": DATA_DIR / "portwatch.sqlite3"}
+    else sqlite_database(DATA_DIR / "portwatch.sqlite3")
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -143,3 +152,4 @@ PORTWATCH_BATCH_SIZE = env_int("PORTWATCH_BATCH_SIZE", 50, minimum=1, maximum=50
 PORTWATCH_WORKER_CONCURRENCY = env_int("PORTWATCH_WORKER_CONCURRENCY", 2, minimum=1, maximum=256)  # processes
 PORTWATCH_RESULT_RETENTION_DAYS = env_int("PORTWATCH_RESULT_RETENTION_DAYS", 7, minimum=1, maximum=3650)
 PORTWATCH_HOURLY_RETENTION_DAYS = env_int("PORTWATCH_HOURLY_RETENTION_DAYS", 400, minimum=1, maximum=36500)
+CELERY_WORKER_CONCURRENCY = PORTWATCH_WORKER_CONCURRENCY  # a plain `celery worker` honours it too

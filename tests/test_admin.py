@@ -36,6 +36,8 @@ def form_data(**fields) -> dict[str, str]:
         "tls_mode": "none",
         "interval": "60",
         "timeout": "10",
+        "failure_threshold": "2",
+        "recovery_threshold": "1",
         "options": "{}",
     } | fields
 

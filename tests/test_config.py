@@ -112,10 +112,13 @@ def test_env_path_takes_relative_paths_from_the_base_not_the_working_directory()
 
 
 def test_database_url_for_an_absolute_sqlite_file():
-    assert database_from_url("sqlite:////srv/db/portwatch.sqlite3", base=BASE) == {
-        "ENGINE": "django.db.backends.sqlite3",
-        "NAME": "/srv/db/portwatch.sqlite3",
-    }
+    database = database_from_url("sqlite:////srv/db/portwatch.sqlite3", base=BASE)
+    assert (database["ENGINE"], database["NAME"]) == ("django.db.backends.sqlite3", "/srv/db/portwatch.sqlite3")
+
+
+def test_sqlite_takes_the_write_lock_up_front_and_lets_readers_in_while_writing():
+    options = database_from_url("sqlite:///var/pw.sqlite3", base=BASE)["OPTIONS"]
+    assert (options["transaction_mode"], options["init_command"]) == ("IMMEDIATE", "PRAGMA journal_mode=WAL;")
 
 
 def test_database_url_for_a_relative_sqlite_file_is_relative_to_the_project():

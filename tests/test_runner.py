@@ -69,6 +69,7 @@ def test_a_service_whose_options_no_longer_parse_is_recorded_down_and_the_rest_s
     down = ProbeResult.objects.get(service=broken)
     assert (down.status, ProbeResult.objects.get(service=fine).status) == ("down", "up")
     assert "not valid any more: colour: unknown option" in down.reason
+    assert down.failure == "config_error"
 
 
 def test_a_claim_that_can_no_longer_start_on_time_is_dropped(servers):

@@ -36,6 +36,7 @@ class Failure(StrEnum):
     DNS_RCODE = "dns_rcode"  # DNS answer with an unexpected response code
     DNS_ANSWER_MISMATCH = "dns_answer_mismatch"  # DNS answer lacks the expected record
     RESPONSE_TOO_LARGE = "response_too_large"  # a line or body passed its size limit
+    CONFIG_ERROR = "config_error"  # the service's stored settings no longer make a probe
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,51 @@
+"""`manage.py import_services FILE.yaml`: create and update services from a `services:` file, all or nothing."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError
+
+from monitor import services_io
+
+
+class Command(BaseCommand):
+    help = (
+        "Create or update services from a YAML file with a top-level `services:` list, matched by name. "
+        "Every entry is validated before anything is written; one bad entry changes nothing. "
+        "Services not in the file are kept unless --prune is given."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("file", help="the YAML file, or - for standard input")
+        parser.add_argument("--prune", action="store_true", help="delete services that are not in the file")
+        parser.add_argument("--dry-run", action="store_true", help="show what would change and write nothing")
+
+    def handle(self, *args: Any, file: str, prune: bool, dry_run: bool, **options: Any) -> None:
+        try:
+            plan = services_io.plan_import(_read(file))
+        except services_io.ServicesFileError as error:
+            raise CommandError(f"{file}: nothing imported.\n{error}") from None
+        for change in plan.changes:
+            if change.action != "unchanged":
+                self.stdout.write(change.describe())
+        if prune:
+            for service in plan.absent:
+                self.stdout.write(f"delete {service.name}")
+        if dry_run:
+            self.stdout.write(f"Dry run, nothing written: {plan.summary(prune=prune)}")
+            return
+        services_io.apply(plan, prune=prune)
+        self.stdout.write(plan.summary(prune=prune))
+
+
+def _read(file: str) -> str:
+    if file == "-":
+        return sys.stdin.read(services_io.MAX_FILE_BYTES + 1)
+    try:
+        with open(file, encoding="utf-8") as handle:
+            return handle.read(services_io.MAX_FILE_BYTES + 1)  # bounded: parse() rejects anything longer
+    except (OSError, UnicodeDecodeError) as error:
+        raise CommandError(f"Cannot read {Path(file)}: {error}") from None
