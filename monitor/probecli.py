@@ -36,6 +36,10 @@ FLAG_OPTIONS = {
     "resolver": "resolver",
 }
 
+# Option name -> the flag that sets it, so an option's error names what the user typed.
+OPTION_FLAGS = {option: "--" + flag.replace("_", "-") for flag, option in FLAG_OPTIONS.items()}
+OPTION_FLAGS |= {"tls_verify": "--insecure", "follow_redirects": "--no-follow"}
+
 
 class UsageError(ValueError):
     """The URL or a flag cannot make a probe; the message says what is wrong."""
@@ -109,8 +113,7 @@ def build_request(args: argparse.Namespace) -> ProbeRequest:
     try:
         options = parse_options(protocol, raw)
     except OptionsError as error:
-        flag = next((f for f, o in FLAG_OPTIONS.items() if o == error.field), error.field)
-        flag = "--" + flag.replace("_", "-") if flag in FLAG_OPTIONS or flag in ("insecure",) else error.field
+        flag = OPTION_FLAGS.get(error.field, error.field)
         if "unknown option" in error.message:
             raise UsageError(f"{flag} does not apply to {scheme} URLs") from None
         raise UsageError(f"{flag}: {error.message}") from None

@@ -34,20 +34,20 @@ Decisions:
 7. **Concurrency.** On PostgreSQL the state rows of the batch are locked (`SELECT ... FOR UPDATE`,
    ordered by id so two workers never deadlock on them) before the slots are checked, so the
    same slot recorded twice at once stores one row. On SQLite the batch's transaction opens
-   with BEGIN IMMEDIATE, waiting for SQLite's single write lock up front (`_write_transaction`).
+   with BEGIN IMMEDIATE (`config.sqlite_database()` sets that for every transaction), waiting
+   for SQLite's single write lock up front.
    A deadlock, a database locked past SQLite's busy timeout (writers in a tight loop can starve
    one another) or a conflicting concurrent insert retries the whole batch (`MAX_ATTEMPTS`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from django.db import IntegrityError, OperationalError, connection, transaction
@@ -120,7 +120,7 @@ def record(outcomes: Sequence[Outcome]) -> int:
         return 0
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            with _write_transaction():
+            with transaction.atomic():
                 return _record(outcomes)
         except (OperationalError, IntegrityError) as error:
             # A deadlock, SQLite busy past its timeout, or a row inserted or deleted by someone
@@ -130,29 +130,6 @@ def record(outcomes: Sequence[Outcome]) -> int:
             logger.warning("recording %d outcomes failed (%s); retrying", len(outcomes), error)
             time.sleep(RETRY_PAUSE * attempt)
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def _write_transaction() -> Iterator[None]:
-    """Open the batch's transaction; on SQLite as BEGIN IMMEDIATE, which waits for the write lock up front.
-
-    A deferred SQLite transaction that reads before it writes fails at once with "database is
-    locked" when another writer got in between; an immediate one waits its turn (up to the busy
-    timeout). Setting OPTIONS["transaction_mode"] = "IMMEDIATE" does this for
-    every transaction; this does it for recording whatever the settings say.
-    """
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
-        with transaction.atomic():
-            yield
-        return
-    connection.ensure_connection()  # a new connection would reset the mode set below
-    previous, connection.transaction_mode = connection.transaction_mode, "IMMEDIATE"
-    try:
-        with transaction.atomic():
-            connection.transaction_mode = previous  # BEGIN has been sent
-            yield
-    finally:
-        connection.transaction_mode = previous
 
 
 def _record(outcomes: Sequence[Outcome]) -> int:

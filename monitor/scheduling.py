@@ -147,7 +147,6 @@ def sync_schedules(now: dt.datetime | None = None) -> tuple[int, int]:
     3. Create missing rows, due at their next slot (ignoring conflicts with a concurrent sync).
     4. Move rows left on an old interval's grid (an update that skipped `save()`) to the new one.
     """
-    now = now or dt.datetime.now(dt.UTC)
     wanted = {
         (service_id, location): interval
         for service_id, locations, interval in Service.objects.filter(enabled=True).values_list(
@@ -155,7 +154,22 @@ def sync_schedules(now: dt.datetime | None = None) -> tuple[int, int]:
         )
         for location in _locations(locations)
     }
-    rows = list(Schedule.objects.values_list("id", "service_id", "location", "due_at"))
+    rows = Schedule.objects.values_list("id", "service_id", "location", "due_at")
+    return _reconcile(wanted, list(rows), now or dt.datetime.now(dt.UTC))
+
+
+def sync_service(service: Service, now: dt.datetime | None = None) -> None:
+    """Make this one service's rows match its `enabled` flag, locations and interval (called on save)."""
+    locations = service.location_list if service.enabled else []
+    wanted = {(service.id, location): service.interval for location in locations}
+    rows = Schedule.objects.filter(service_id=service.id).values_list("id", "service_id", "location", "due_at")
+    _reconcile(wanted, list(rows), now or dt.datetime.now(dt.UTC))
+
+
+def _reconcile(
+    wanted: dict[tuple[int, str], int], rows: list[tuple[int, int, str, dt.datetime]], now: dt.datetime
+) -> tuple[int, int]:
+    """Delete rows not wanted, create the missing ones and realign the rest; return (created, deleted)."""
     stale = [row_id for row_id, service_id, location, _ in rows if (service_id, location) not in wanted]
     deleted = Schedule.objects.filter(id__in=stale).delete()[0] if stale else 0
     have = {(service_id, location) for _, service_id, location, _ in rows}
@@ -165,21 +179,6 @@ def sync_schedules(now: dt.datetime | None = None) -> tuple[int, int]:
         if interval is not None:
             _realign(row_id, service_id, location, interval, due_at, now)
     return created, deleted
-
-
-def sync_service(service: Service, now: dt.datetime | None = None) -> None:
-    """Make this one service's rows match its `enabled` flag, locations and interval (called on save)."""
-    now = now or dt.datetime.now(dt.UTC)
-    wanted = set(service.location_list) if service.enabled else set()
-    rows = list(Schedule.objects.filter(service_id=service.id).values_list("id", "location", "due_at"))
-    stale = [row_id for row_id, location, _ in rows if location not in wanted]
-    if stale:
-        Schedule.objects.filter(id__in=stale).delete()
-    have = {location for _, location, _ in rows}
-    _create_rows([((service.id, location), service.interval) for location in wanted - have], now)
-    for row_id, location, due_at in rows:
-        if location in wanted:
-            _realign(row_id, service.id, location, service.interval, due_at, now)
 
 
 def maybe_sync(now: dt.datetime, *, every: float = SYNC_EVERY) -> bool:
