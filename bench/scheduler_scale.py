@@ -84,7 +84,7 @@ def create_services(args: argparse.Namespace, tcp_port: int, http_port: int) -> 
     """Create N services, half TCP banner and half HTTP, on the local servers, and their schedules."""
     from django.core.management import call_command
 
-    from monitor import scheduling
+    from monitor.daemon import scheduling
     from monitor.models import Service
 
     call_command("migrate", "--noinput", verbosity=0)
@@ -132,7 +132,7 @@ def cpu_seconds(pid: int) -> float:
 
 def measure(window: tuple[dt.datetime, dt.datetime]) -> dict:
     """Read the results whose slot falls in the window, and the tables' sizes after rolling them up."""
-    from monitor import rollups
+    from monitor.daemon import rollups
     from monitor.models import DailyRollup, HourlyRollup, ProbeResult
 
     start, end = window

@@ -11,7 +11,7 @@ from typing import Any
 from django.db.models.signals import post_save
 from django.dispatch import receiver
 
-from monitor import scheduling
+from monitor.daemon import scheduling
 from monitor.models import Service
 
 

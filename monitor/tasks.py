@@ -14,7 +14,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from monitor import retention, rollups, runner, scheduling
+from monitor.daemon import retention, rollups, runner, scheduling
 
 logger = logging.getLogger(__name__)
 

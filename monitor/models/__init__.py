@@ -8,7 +8,7 @@ from monitor.models.history import (
     ServiceState,
     StatusChange,
 )
-from monitor.models.schedule import Schedule
+from monitor.models.schedule import Schedule, Watermark, WorkerHeartbeat
 from monitor.models.service import (
     DEFAULT_LOCATION,
     HostField,
@@ -30,4 +30,6 @@ __all__ = [
     "ServiceState",
     "StatusChange",
     "TagsField",
+    "Watermark",
+    "WorkerHeartbeat",
 ]

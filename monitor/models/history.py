@@ -7,6 +7,8 @@ from django.db import models
 from monitor.models.service import Service
 
 STATUS_CHOICES = [("up", "Up"), ("warning", "Warning"), ("down", "Down"), ("unknown", "Unknown")]
+# A state's status may also be paused: nobody probes it (service disabled, or location removed).
+STATE_CHOICES = [*STATUS_CHOICES, ("paused", "Paused")]
 PHASES = ("resolve", "connect", "tls", "processing", "transfer", "total")
 
 
@@ -54,6 +56,8 @@ class Incident(models.Model):
     ended_at = models.DateTimeField(null=True, blank=True)
     failure = models.CharField(max_length=32, blank=True)  # what opened it
     reason = models.CharField(max_length=500)
+    # Why it closed when it did not close on a good probe, e.g. "monitoring stopped: service disabled".
+    end_reason = models.CharField(max_length=200, blank=True)
 
     class Meta:
         indexes = [models.Index(fields=["service", "location", "started_at"], name="incident_service_time")]
@@ -71,7 +75,7 @@ class ServiceState(models.Model):
 
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="states")
     location = models.CharField(max_length=40)
-    status = models.CharField(max_length=8, choices=STATUS_CHOICES, default="unknown")  # after the thresholds
+    status = models.CharField(max_length=8, choices=STATE_CHOICES, default="unknown")  # after the thresholds
     since = models.DateTimeField()
     last_result = models.ForeignKey(ProbeResult, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
     last_checked_at = models.DateTimeField(null=True, blank=True)
@@ -108,8 +112,8 @@ class StatusChange(models.Model):
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="status_changes")
     location = models.CharField(max_length=40)
     created = models.DateTimeField()
-    old_status = models.CharField(max_length=8, choices=STATUS_CHOICES)
-    new_status = models.CharField(max_length=8, choices=STATUS_CHOICES)
+    old_status = models.CharField(max_length=8, choices=STATE_CHOICES)
+    new_status = models.CharField(max_length=8, choices=STATE_CHOICES)
     failure = models.CharField(max_length=32, blank=True)
     reason = models.CharField(max_length=500, blank=True)
     incident = models.ForeignKey(Incident, on_delete=models.SET_NULL, null=True, blank=True, related_name="changes")
@@ -129,7 +133,9 @@ class Rollup(models.Model):
     """Counts and latency statistics of one service at one location over one period.
 
     `latency` maps each phase (and total) to {"min", "avg", "max", "p95"} in seconds, over the
-    probes that reached the server (status up or warning).
+    probes that reached the server (status up or warning). `count` is every slot of the period;
+    `unknown_count` the slots nothing measured (missed, internal error, config error), so the
+    down ones are `count - up_count - unknown_count` and uptime counts measured slots only.
     """
 
     service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+")
@@ -137,14 +143,21 @@ class Rollup(models.Model):
     start = models.DateTimeField()
     count = models.PositiveIntegerField(default=0)
     up_count = models.PositiveIntegerField(default=0)  # up or warning: the service answered as it should
+    unknown_count = models.PositiveIntegerField(default=0)  # not measured: missed slots and internal errors
     latency = models.JSONField(default=dict)
 
     class Meta:
         abstract = True
 
     @property
+    def down_count(self) -> int:
+        return self.count - self.up_count - self.unknown_count
+
+    @property
     def uptime(self) -> float | None:
-        return self.up_count / self.count if self.count else None
+        """Return the share of measured slots that were up or warning; None when nothing was measured."""
+        measured = self.count - self.unknown_count
+        return self.up_count / measured if measured else None
 
 
 class HourlyRollup(Rollup):

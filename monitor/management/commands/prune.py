@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from monitor import retention
+from monitor.daemon import retention
 
 
 class Command(BaseCommand):

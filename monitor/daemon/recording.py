@@ -1,7 +1,7 @@
 """Store probe outcomes: raw results, the current state per service and location, status changes, incidents.
 
 Exposes `Outcome` (one probe of one slot) and `record(outcomes) -> int`, which workers call once
-per batch. Rollups and retention live in `monitor.rollups` and `monitor.retention`.
+per batch. Rollups and retention live in `monitor.daemon.rollups` and `monitor.daemon.retention`.
 
 Decisions:
 

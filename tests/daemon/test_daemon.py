@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from monitor.celery import worker_queues
-from monitor.scheduling import late_limit, on_grid, slot_offset
+from monitor.daemon.scheduling import late_limit, on_grid, slot_offset
 from tests.conftest import need
 from tests.peers.services import (
     REDIS_SERVER,

@@ -12,10 +12,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from monitor import recording
+from monitor.daemon import recording
 from monitor.models import ProbeResult, Service
 from monitor.probes import Failure, OptionsError, Phases, Result, Status, run_probe
-from monitor.scheduling import Claim, late_limit
+from monitor.daemon.scheduling import Claim, late_limit
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from monitor.models import Incident, ProbeResult, Service, ServiceState, StatusChange
 from monitor.probes import Failure, Phases, Result, Status, Target, TLSFacts, parse_options, run_probe
-from monitor.recording import Outcome, record
+from monitor.daemon.recording import Outcome, record
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

@@ -8,10 +8,10 @@ import io
 import pytest
 from django.core.management import call_command
 
-from monitor import retention, rollups
+from monitor.daemon import retention, rollups
 from monitor.models import DailyRollup, HourlyRollup, ProbeResult, Service, ServiceState
 from monitor.probes import Phases, Result, Status
-from monitor.recording import Outcome, record
+from monitor.daemon.recording import Outcome, record
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

@@ -204,7 +204,12 @@ def _locations(locations: str) -> list[str]:
 
 def _create_rows(missing: Iterable[tuple[tuple[int, str], int]], now: dt.datetime) -> int:
     new = [
-        Schedule(service_id=service_id, location=location, due_at=_next_due(service_id, location, interval, now))
+        Schedule(
+            service_id=service_id,
+            location=location,
+            due_at=_next_due(service_id, location, interval, now),
+            active_since=now,
+        )
         for (service_id, location), interval in missing
     ]
     # ignore_conflicts: a sync from a signal and one from dispatch may insert the same row at once.
@@ -246,7 +251,7 @@ def _claim_locked(due, now: dt.datetime, limit: int) -> list[Claim]:
         rows = list(due.select_for_update(skip_locked=True, of=("self",))[:limit])
         updates = [_claimed_row(row, now) for row in rows]
         if updates:
-            Schedule.objects.bulk_update(updates, ["due_at", "claimed_slot", "lease_until"], batch_size=500)
+            Schedule.objects.bulk_update(updates, ["due_at", "claimed_slot"], batch_size=500)
     return _claims(rows, now)
 
 
@@ -271,9 +276,8 @@ def _claimed_fields(row: tuple, now: dt.datetime) -> dict[str, Any]:
         # At least half an interval on: a slot off the grid (an interval just changed) must not be
         # followed by a grid slot a moment later, probing the service twice in a row.
         "due_at": _next_due(service_id, location, interval, max(now, slot + dt.timedelta(seconds=interval / 2))),
-        # A row skipped for lateness holds no lease: nothing was handed out for it.
-        "claimed_slot": slot if timely else None,
-        "lease_until": slot + dt.timedelta(seconds=timeout + LEASE_GRACE) if timely else None,
+        # A row skipped for lateness keeps the slot it last handed out.
+        **({"claimed_slot": slot} if timely else {}),
     }
 
 

@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from monitor import rollups
+from monitor.daemon import rollups
 from monitor.models import DailyRollup, HourlyRollup, ProbeResult, Service
 from monitor.models.history import PHASES
 from monitor.probes import Phases, Result, Status
-from monitor.recording import Outcome, record
+from monitor.daemon.recording import Outcome, record
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 

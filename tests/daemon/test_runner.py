@@ -8,8 +8,8 @@ import time
 import pytest
 
 from monitor.models import ProbeResult, Service
-from monitor.runner import run_checks
-from monitor.scheduling import Claim
+from monitor.daemon.runner import run_checks
+from monitor.daemon.scheduling import Claim
 from tests.peers.services import TcpServers
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
