@@ -18,9 +18,9 @@ import idna
 
 from monitor.probes import PROTOCOLS, SCHEMES, OptionsError, Result, Status, Target, parse_options, run_probe
 
-EXIT_CODES = {Status.UP: 0, Status.WARNING: 1, Status.DOWN: 2}
+EXIT_CODES = {Status.UP: 0, Status.WARNING: 1, Status.DOWN: 2, Status.UNKNOWN: 3}
 UNKNOWN = 3
-NAGIOS_LABELS = {Status.UP: "OK", Status.WARNING: "WARNING", Status.DOWN: "CRITICAL"}
+NAGIOS_LABELS = {Status.UP: "OK", Status.WARNING: "WARNING", Status.DOWN: "CRITICAL", Status.UNKNOWN: "UNKNOWN"}
 DNS_QUERY_PARAMETERS = {"type": "record_type", "transport": "transport", "rcode": "expected_rcode"}
 
 # Flag destination -> option name, for flags that set a protocol option.

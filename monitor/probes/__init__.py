@@ -7,6 +7,7 @@ Every protocol module has the same shape: `probe(target, options, *, deadline) -
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -18,11 +19,14 @@ from monitor.probes.ports import SCHEMES, standard_port
 from monitor.probes.result import Failure, Phases, Result, Status, TLSFacts
 from monitor.probes.session import Target
 
+logger = logging.getLogger(__name__)
+
 PROTOCOLS = {"tcp": tcp, "smtp": smtp, "pop3": pop3, "imap": imap, "http": http, "dns": dns}
 PROBERS = {key: module.probe for key, module in PROTOCOLS.items()}
 
 # A probe that overruns its deadline by this much is cut off; it means a read escaped its bound.
 DEADLINE_GRACE = 0.5
+MAX_REASON_CHARS = 300  # an exception's text can be anything, e.g. a whole server reply
 
 __all__ = [
     "PROBERS",
@@ -50,7 +54,12 @@ def parse_options(protocol: str, raw: Mapping[str, Any] | None) -> ConnectionOpt
 
 
 async def run_probe(protocol: str, target: Target, options: ConnectionOptions, *, timeout: float) -> Result:
-    """Probe `target` with the protocol's prober, within `timeout` seconds from now."""
+    """Probe `target` with the protocol's prober, within `timeout` seconds from now.
+
+    This is the engine's last boundary: a prober that raises (a bug, not a down service) gives an
+    `internal_error` result of status unknown with the exception in its reason, logged with its
+    traceback, so one broken prober never takes other probes or a worker down with it.
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     started = time.perf_counter()
@@ -60,3 +69,8 @@ async def run_probe(protocol: str, target: Target, options: ConnectionOptions, *
     except TimeoutError:
         elapsed = time.perf_counter() - started
         return Result(Status.DOWN, ProbeTimeout.failure, f"timed out after {timeout:g} s", Phases(total=elapsed))
+    except Exception as error:
+        logger.exception("the %s prober failed on %s port %s", protocol, target.host, target.port)
+        elapsed = time.perf_counter() - started
+        reason = f"the {protocol} prober failed: {type(error).__name__}: {error}"[:MAX_REASON_CHARS]
+        return Result(Status.UNKNOWN, Failure.INTERNAL_ERROR, reason, Phases(total=elapsed))

@@ -14,6 +14,7 @@ class Status(StrEnum):
     UP = "up"
     WARNING = "warning"
     DOWN = "down"
+    UNKNOWN = "unknown"  # nothing was measured: the probe could not run (Nagios' UNKNOWN)
 
 
 class Failure(StrEnum):
@@ -36,7 +37,10 @@ class Failure(StrEnum):
     DNS_RCODE = "dns_rcode"  # DNS answer with an unexpected response code
     DNS_ANSWER_MISMATCH = "dns_answer_mismatch"  # DNS answer lacks the expected record
     RESPONSE_TOO_LARGE = "response_too_large"  # a line or body passed its size limit
-    CONFIG_ERROR = "config_error"  # the service's stored settings no longer make a probe
+    CONFIG_ERROR = "config_error"  # the service's stored settings no longer make a probe (status unknown)
+    TLS_EXPIRING = "tls_expiring"  # a warning: a certificate of the chain expires within the warning days
+    INTERNAL_ERROR = "internal_error"  # the prober itself failed (a bug); nothing was measured (status unknown)
+    MISSED = "missed"  # the slot got no probe at all (the daemon records these; status unknown)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,7 +100,13 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return self.status is not Status.DOWN
+        """Return whether the service answered as it should (up or warning)."""
+        return self.status in (Status.UP, Status.WARNING)
+
+    @property
+    def measured(self) -> bool:
+        """Return whether the probe measured the service at all (not unknown)."""
+        return self.status is not Status.UNKNOWN
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain JSON-ready data: status, failure, reason, address, phases, tls, banner, details."""
