@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from django.conf import settings
 from kombu import Exchange, Queue
 
@@ -54,3 +56,45 @@ def ensure_broker_folders() -> None:
 
 
 ensure_broker_folders()
+
+
+# Each worker process that runs tasks keeps one prober (monitor.daemon.prober): a persistent event
+# loop that probe_batch hands jobs to. Prefork children start theirs when forked; a worker whose
+# pool runs tasks in its own process (solo, threads) starts it when ready.
+DRAIN_SECONDS = 12.0  # a stopping worker's probes in flight get this long to finish and be recorded
+
+
+def probe_locations() -> list[str]:
+    """Return the locations this worker probes from: its `probe.<location>` queues."""
+    queues = app.amqp.queues
+    names = queues.consume_from.keys() if queues.consume_from else queues.keys()
+    return sorted(name.removeprefix("probe.") for name in names if name.startswith("probe."))
+
+
+def _start_prober() -> None:
+    from monitor.daemon import prober
+
+    locations = probe_locations()
+    if locations:
+        name = f"{socket.gethostname()}:{os.getpid()}"
+        prober.start_process_prober(name, locations, max_in_flight=settings.PORTWATCH_MAX_IN_FLIGHT)
+
+
+@signals.worker_process_init.connect
+def _prober_in_pool_process(**_: Any) -> None:
+    _start_prober()
+
+
+@signals.worker_ready.connect
+def _prober_in_main_process(sender: Any = None, **_: Any) -> None:
+    pool = type(getattr(sender, "pool", None)).__module__
+    if not pool.startswith("celery.concurrency.prefork"):
+        _start_prober()
+
+
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _stop_prober(**_: Any) -> None:
+    from monitor.daemon import prober
+
+    prober.stop_process_prober(drain=DRAIN_SECONDS)

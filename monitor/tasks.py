@@ -1,8 +1,9 @@
-"""Celery tasks: thin wrappers over `scheduling`, `runner`, `rollups` and `retention`, taking plain data only.
+"""Celery tasks: thin wrappers over the daemon's modules, taking plain data only.
 
-Exposes `dispatch` (beat, every second), `probe_batch` (sent by dispatch to `probe.<location>`),
-`update_rollups` (every minute) and `prune` (hourly). Each is safe to run twice; the beat schedule
-is `CELERY_BEAT_SCHEDULE` in `monitor/settings.py`.
+Exposes `dispatch` (beat, every second), `probe_batch` (sent by dispatch to `probe.<location>`; it
+hands the jobs to the worker process's prober and returns at once), `sweep` (every 15 s: missed
+slots), `update_rollups` (every minute) and `prune` (hourly). Each is safe to run twice; the beat
+schedule is `CELERY_BEAT_SCHEDULE` in `monitor/settings.py`.
 """
 
 from __future__ import annotations
@@ -14,14 +15,13 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from monitor.daemon import retention, rollups, runner, scheduling
+from monitor.celery import app
+from monitor.daemon import prober, recording, retention, rollups, runner, scheduling, sweeper, workers
 
 logger = logging.getLogger(__name__)
 
 DISPATCH_TIME_LIMIT = 60  # seconds; a claim is a few queries, so this only catches a wedged database
-# Every step of a batch is bounded (sleep until a slot, each probe's deadline, recording), so this
-# hard limit is a last resort that frees a worker process stuck on something unforeseen.
-PROBE_BATCH_TIME_LIMIT = 15 * 60
+PROBE_BATCH_TIME_LIMIT = 60  # seconds; handing jobs to the prober is one query, so this catches a wedged database
 
 
 @shared_task(name="portwatch.dispatch", ignore_result=True, time_limit=DISPATCH_TIME_LIMIT)
@@ -29,22 +29,62 @@ def dispatch() -> int:
     """Claim what is due and send it to the location queues in batches; return how many probes were sent.
 
     Claims are committed before they are sent: if sending fails, those slots are missed and the
-    next slots probe the services, rather than a slot being probed twice.
+    next slots probe the services, rather than a slot being probed twice. Claims for a location
+    no live worker serves are not sent: they are recorded as missed at once, and that location's
+    queue is emptied, so batches never pile up where nobody takes them.
     """
     now = dt.datetime.now(dt.UTC)
     scheduling.maybe_sync(now)
     claims = scheduling.claim_due(now)
-    for batch in scheduling.plan_batches(claims, size=settings.PORTWATCH_BATCH_SIZE):
+    served = workers.served_locations(now)
+    _account_unserved([claim for claim in claims if claim.location not in served], served)
+    sent = [claim for claim in claims if claim.location in served]
+    for batch in scheduling.plan_batches(sent, size=settings.PORTWATCH_BATCH_SIZE):
         probe_batch.apply_async(
             args=[[claim.to_data() for claim in batch.claims]], queue=batch.queue, expires=batch.expires
         )
-    return len(claims)
+    return len(sent)
+
+
+def _account_unserved(claims: list[scheduling.Claim], served: set[str]) -> None:
+    if claims:
+        reason = "not probed: no worker is serving location {!r}".format
+        recording.record(
+            [recording.Outcome.missed(c.service_id, c.location, c.slot, reason(c.location)) for c in claims]
+        )
+    for location in {claim.location for claim in claims} - _purged:
+        _purge(f"probe.{location}")
+        _purged.add(location)
+    _purged.difference_update(served)  # served again: empty its queue again should it lose its workers
+
+
+_purged: set[str] = set()  # unserved locations whose queue this process emptied
+
+
+def _purge(queue: str) -> None:
+    """Drop batches waiting in `queue`: they expire before any worker could take them, and were accounted for."""
+    try:
+        with app.connection_for_write() as connection:
+            dropped = connection.default_channel.queue_purge(queue)
+    except Exception:  # a queue the broker never saw, or a broker hiccup: the next tick tries again
+        logger.warning("could not empty queue %s", queue, exc_info=True)
+        return
+    if dropped:
+        logger.warning("emptied %s: %s batches for a location no worker serves", queue, dropped)
 
 
 @shared_task(name="portwatch.probe_batch", ignore_result=True, time_limit=PROBE_BATCH_TIME_LIMIT)
 def probe_batch(claims: list[dict[str, Any]]) -> int:
-    """Probe a batch of claims (`Claim.to_data()` dicts) and record the results; return how many were new."""
-    return runner.run_checks(claims)
+    """Hand a batch of claims (`Claim.to_data()` dicts) to this worker process's prober; return how many."""
+    jobs = runner.jobs_for(claims)
+    prober.process_prober().submit(jobs)
+    return len(jobs)
+
+
+@shared_task(name="portwatch.sweep", ignore_result=True, time_limit=DISPATCH_TIME_LIMIT)
+def sweep() -> int:
+    """Record slots that were due and got no result as missed."""
+    return sweeper.sweep()
 
 
 @shared_task(name="portwatch.update_rollups", ignore_result=True)

@@ -1,37 +1,30 @@
-"""Store probe outcomes: raw results, the current state per service and location, status changes, incidents.
+"""Store probe outcomes: raw results, then the current state per service and location, changes and incidents.
 
-Exposes `Outcome` (one probe of one slot) and `record(outcomes) -> int`, which workers call once
-per batch. Rollups and retention live in `monitor.daemon.rollups` and `monitor.daemon.retention`.
+Exposes `Outcome` (one probe of one slot, or a slot nothing measured), `record(outcomes) -> int`,
+which workers, the dispatcher and the sweeper call, and `pause(pairs, reason)`, which the schedule
+sync calls when nobody will probe a (service, location) any more. How outcomes move a state is
+`monitor.daemon.states`; rollups and retention live in `monitor.daemon.rollups` and `.retention`.
 
 Decisions:
 
 1. **Idempotent per slot.** (service, location, scheduled_at) is unique; an outcome for a slot
    already stored changes nothing: no row, no counter, no change, no incident. Outcomes of
    services deleted meanwhile are dropped.
-2. **Thresholds.** A probe fails when its status is down; up and warning are successes. The
-   confirmed `status` becomes down after `failure_threshold` failures in a row, and leaves down
-   after `recovery_threshold` successes in a row. From unknown, the first success confirms up or
-   warning at once; failures keep unknown until the threshold. While not down, the status follows
-   up and warning directly. Every change of the confirmed status writes one `StatusChange`
-   (created = start of the probe that confirmed it); nobody is notified here.
-3. **Incidents** open when the status becomes down, with `started_at` = start of the first failed
-   probe of the streak (`ServiceState.streak_since`), so the duration is the real outage; failure
-   and reason come from the probe that confirmed it. They close when the status leaves down, with
-   `ended_at` = start of the first good probe of the recovering streak (symmetric with the start;
-   with the default recovery threshold of 1 that is the confirming probe). `ServiceState.since`
-   is set to the same moments.
-4. **TLS facts** on the state: the probe's when it has some; cleared when a probe succeeded
+2. **Every slot is a row.** A missed slot or a prober bug is stored like a probe, with status
+   unknown and its failure kind (`missed`, `internal_error`, `config_error`) and reason, so
+   uptime counts it apart instead of leaving it out; it does not move the state machine.
+3. **TLS facts** on the state: the probe's when it has some; cleared when a probe succeeded
    without TLS (the service no longer speaks it, so old facts would mislead); kept when a failed
    probe had none (a refused connection says nothing about the certificate).
-5. **Out of order.** An outcome for a slot older than the newest one applied to its state
+4. **Out of order.** An outcome for a slot older than the newest one applied to its state
    (`ServiceState.last_scheduled_at`) is stored as a raw result but does not touch the state,
    changes or incidents: replaying old news would flap the status. Within a batch, each
    service's outcomes are applied in slot order.
-6. **Cost.** One transaction per batch and a fixed number of queries whatever its size (five
+5. **Cost.** One transaction per batch and a fixed number of queries whatever its size (five
    when nothing changes status: services, state rows, recorded slots, insert results, update
    states; plus up to three when incidents open or close or the status changes; plus two the
    first time a service is seen).
-7. **Concurrency.** On PostgreSQL the state rows of the batch are locked (`SELECT ... FOR UPDATE`,
+6. **Concurrency.** On PostgreSQL the state rows of the batch are locked (`SELECT ... FOR UPDATE`,
    ordered by id so two workers never deadlock on them) before the slots are checked, so the
    same slot recorded twice at once stores one row. On SQLite the batch's transaction opens
    with BEGIN IMMEDIATE (`config.sqlite_database()` sets that for every transaction), waiting
@@ -48,19 +41,17 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 from django.db import IntegrityError, OperationalError, connection, transaction
 
-from monitor.models import Incident, ProbeResult, Service, ServiceState, StatusChange
-from monitor.probes import Result, Status
+from monitor.daemon import states as machine
+from monitor.models import ProbeResult, Service, ServiceState
+from monitor.probes import Failure, Phases, Result, Status
 
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 RETRY_PAUSE = 0.05  # seconds, times the attempt number
-DOWN = str(Status.DOWN)
-UNKNOWN = "unknown"
 STATE_FIELDS = [
     "status",
     "since",
@@ -100,15 +91,11 @@ class Outcome:
     def slot(self) -> tuple[int, str, dt.datetime]:
         return (self.service_id, self.location, self.scheduled_at)
 
-
-@dataclasses.dataclass
-class _Ledger:
-    """What applying a batch to the states produced, written in bulk afterwards."""
-
-    opened: dict[Pair, Incident] = dataclasses.field(default_factory=dict)  # not saved yet
-    new_incidents: list[Incident] = dataclasses.field(default_factory=list)
-    closed: dict[int, dt.datetime] = dataclasses.field(default_factory=dict)  # saved incident id -> ended_at
-    changes: list[StatusChange] = dataclasses.field(default_factory=list)
+    @classmethod
+    def missed(cls, service_id: int, location: str, slot: dt.datetime, reason: str) -> Outcome:
+        """Return the outcome of a slot that got no probe: status unknown, failure `missed`, and why."""
+        result = Result(Status.UNKNOWN, Failure.MISSED, reason, Phases())
+        return cls(service_id, location, slot, slot, result)
 
 
 def record(outcomes: Sequence[Outcome]) -> int:
@@ -135,15 +122,15 @@ def record(outcomes: Sequence[Outcome]) -> int:
 def _record(outcomes: Sequence[Outcome]) -> int:
     """Record one batch inside the caller's transaction.
 
-    1. Drop outcomes of deleted services and repeated slots; read the thresholds.
+    1. Drop outcomes of deleted services and repeated slots; read the services' rules.
     2. Lock the batch's states, creating missing ones.
     3. Insert the results of slots not stored yet.
     4. Apply them to the states in slot order; write incidents, states and status changes.
     """
-    thresholds = _thresholds({outcome.service_id for outcome in outcomes})
+    rules = _rules({outcome.service_id for outcome in outcomes})
     unique: dict[tuple[int, str, dt.datetime], Outcome] = {}
     for outcome in outcomes:
-        if outcome.service_id in thresholds:
+        if outcome.service_id in rules:
             unique.setdefault(outcome.slot, outcome)
     if not unique:
         return 0
@@ -153,16 +140,18 @@ def _record(outcomes: Sequence[Outcome]) -> int:
     if not new:
         return 0
     rows = ProbeResult.objects.bulk_create([_result_row(outcome) for outcome in new])
-    ledger = _Ledger()
-    touched = _apply_all(new, rows, states, thresholds, ledger)
+    ledger = machine.Ledger()
+    touched = _apply_all(new, rows, states, rules, ledger)
     _save(touched, ledger)
     return len(new)
 
 
-def _thresholds(service_ids: set[int]) -> dict[int, tuple[int, int]]:
-    """Return {service id: (failure threshold, recovery threshold)} of the services that still exist."""
-    rows = Service.objects.filter(id__in=service_ids).values_list("id", "failure_threshold", "recovery_threshold")
-    return {service_id: (failures, successes) for service_id, failures, successes in rows}
+def _rules(service_ids: set[int]) -> dict[int, machine.Rules]:
+    """Return the state machine's rules of each service that still exists."""
+    rows = Service.objects.filter(id__in=service_ids).values_list(
+        "id", "failure_threshold", "recovery_threshold", "interval"
+    )
+    return {service_id: machine.Rules(*values) for service_id, *values in rows}
 
 
 def _lock_states(outcomes: Sequence[Outcome]) -> dict[Pair, ServiceState]:
@@ -225,8 +214,8 @@ def _apply_all(
     outcomes: Sequence[Outcome],
     rows: Sequence[ProbeResult],
     states: dict[Pair, ServiceState],
-    thresholds: dict[int, tuple[int, int]],
-    ledger: _Ledger,
+    rules: dict[int, machine.Rules],
+    ledger: machine.Ledger,
 ) -> list[ServiceState]:
     """Apply each service's new outcomes to its state in slot order; return the states that changed."""
     by_pair: dict[Pair, list[tuple[Outcome, ProbeResult]]] = defaultdict(list)
@@ -239,111 +228,18 @@ def _apply_all(
         for outcome, row in sorted(items, key=lambda item: item[0].scheduled_at):
             if state.last_scheduled_at is not None and outcome.scheduled_at <= state.last_scheduled_at:
                 continue  # an older slot arriving late: stored above, but it must not roll the state back
-            _apply(state, outcome, row, thresholds[outcome.service_id], ledger)
+            machine.apply(state, outcome, row, rules[outcome.service_id], ledger)
             applied = True
         if applied:
             touched.append(state)
     return touched
 
 
-def _apply(
-    state: ServiceState, outcome: Outcome, row: ProbeResult, thresholds: tuple[int, int], ledger: _Ledger
-) -> None:
-    """Update `state` with one probe; on a change of the confirmed status, note the change and incident."""
-    result = outcome.result
-    data = result.to_dict()
-    state.last_result_id = row.pk
-    state.last_checked_at = outcome.started_at
-    state.last_scheduled_at = outcome.scheduled_at
-    state.last_status = data["status"]
-    state.last_failure = data["failure"] or ""
-    state.last_reason = row.reason
-    state.last_phases = data["phases"]
-    state.details = _json_safe(data["details"])
-    if result.tls is not None:
-        state.tls = _json_safe(data["tls"])
-    elif result.ok:
-        state.tls = None
-    if result.ok:
-        if not state.consecutive_successes:
-            state.streak_since = outcome.started_at
-        state.consecutive_successes += 1
-        state.consecutive_failures = 0
-    else:
-        if not state.consecutive_failures:
-            state.streak_since = outcome.started_at
-        state.consecutive_failures += 1
-        state.consecutive_successes = 0
-    confirmed = _confirmed(state, result, *thresholds)
-    if confirmed != state.status:
-        _change(state, confirmed, outcome, row, ledger)
-
-
-def _confirmed(state: ServiceState, result: Result, failure_threshold: int, recovery_threshold: int) -> str:
-    """Return the confirmed status after this probe, given the counters already updated with it."""
-    if state.status == DOWN:
-        return str(result.status) if result.ok and state.consecutive_successes >= recovery_threshold else DOWN
-    if not result.ok:
-        return DOWN if state.consecutive_failures >= failure_threshold else state.status
-    return str(result.status)
-
-
-def _change(state: ServiceState, new: str, outcome: Outcome, row: ProbeResult, ledger: _Ledger) -> None:
-    """Move `state` to `new`: open or close the incident, set `since`, and note one StatusChange."""
-    pair, old = outcome.pair, state.status
-    incident: Incident | None = None
-    since = outcome.started_at
-    if new == DOWN:
-        since = state.streak_since
-        incident = Incident(
-            service_id=pair[0], location=pair[1], started_at=since, failure=row.failure, reason=row.reason
-        )
-        ledger.opened[pair] = incident
-        ledger.new_incidents.append(incident)
-        state.open_incident = incident
-    elif old == DOWN:
-        since = state.streak_since
-        incident = _close(state, pair, since, ledger)
-    state.status, state.since = new, since
-    ledger.changes.append(
-        StatusChange(
-            service_id=pair[0],
-            location=pair[1],
-            created=outcome.started_at,
-            old_status=old,
-            new_status=new,
-            failure=row.failure,
-            reason=row.reason,
-            incident=incident,
-        )
-    )
-
-
-def _close(state: ServiceState, pair: Pair, ended_at: dt.datetime, ledger: _Ledger) -> Incident | None:
-    """Close the state's open incident at `ended_at`; return it (None if it was deleted meanwhile)."""
-    incident = ledger.opened.pop(pair, None)  # opened earlier in this same batch, not saved yet
-    if incident is not None:
-        incident.ended_at = ended_at
-    elif state.open_incident_id is not None:
-        ledger.closed[state.open_incident_id] = ended_at
-        incident = Incident(id=state.open_incident_id)  # a stand-in for the foreign key only
-    state.open_incident = None
-    return incident
-
-
-def _save(states: list[ServiceState], ledger: _Ledger) -> None:
+def _save(states: list[ServiceState], ledger: machine.Ledger) -> None:
     """Write the ledger and states in bulk; incidents first, since states and changes point at them."""
-    if ledger.new_incidents:
-        Incident.objects.bulk_create(ledger.new_incidents)
-        by_pair = {(state.service_id, state.location): state for state in states}
-        for pair, incident in ledger.opened.items():  # still open: the state points at it
-            by_pair[pair].open_incident_id = incident.pk
-    if ledger.closed:
-        closing = [Incident(id=pk, ended_at=ended_at) for pk, ended_at in ledger.closed.items()]
-        Incident.objects.bulk_update(closing, ["ended_at"])
+    machine.save_incidents(states, ledger)
     _update_states(states)
-    if ledger.changes:
-        StatusChange.objects.bulk_create(ledger.changes)
+    machine.save_changes(ledger)
 
 
 def _update_states(states: list[ServiceState]) -> None:
@@ -368,12 +264,20 @@ def _text(value: str, limit: int) -> str:
     return value.replace("\x00", "\ufffd")[:limit]
 
 
-def _json_safe(value: Any) -> Any:
-    """Return `value` with NUL replaced in every string (PostgreSQL's jsonb refuses \\u0000)."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(item) for item in value]
-    return value
+def pause(pairs: set[tuple[int, str]], reason: str, now: dt.datetime | None = None) -> int:
+    """Mark the states of `pairs` paused and close their open incidents ("monitoring stopped"); return how many.
+
+    Called when nobody will probe them any more: the service was disabled, or lost the location.
+    """
+    if not pairs:
+        return 0
+    now = now or dt.datetime.now(dt.UTC)
+    with transaction.atomic():
+        states = [state for state in _select_states(pairs).values() if state.status != machine.PAUSED]
+        if not states:
+            return 0
+        intervals = dict(Service.objects.filter(id__in={s.service_id for s in states}).values_list("id", "interval"))
+        ledger = machine.Ledger()
+        machine.pause(states, now, reason, intervals, ledger)
+        _save(states, ledger)
+    return len(states)

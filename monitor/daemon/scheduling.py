@@ -10,21 +10,24 @@ Design:
    (crc32 of "service_id:location", in milliseconds, modulo the interval). Slots sit on an
    epoch-aligned grid, slot_k = k * interval + offset, so start times spread across every interval
    (no herd at the top of the minute) and stay put however long the daemon runs. A new interval
-   gives a new grid; `sync_service()` moves the row onto it when the service is saved.
+   gives a new grid; `sync_service()` moves the row onto it when the service is saved, never
+   sooner than half the new interval after the slot last handed out (`claimed_slot`), so a probe
+   in flight is not followed by another a moment later.
 2. **Claims.** `claim_due()` takes rows due within a small lookahead, sets `claimed_slot` (the
-   slot handed out) and `lease_until`, and moves `due_at` to the first slot after now, so missed
-   slots are skipped and an outage's backlog never becomes a burst. A row more than
-   `late_limit()` overdue is moved on without a claim: that probe could no longer start on time.
-   On PostgreSQL the rows are locked with `SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent
-   dispatchers take disjoint rows; on SQLite, which has no row locks, each row is claimed with a
-   conditional `UPDATE ... WHERE id = ? AND due_at = <as read>` and only the winner keeps it.
-3. **Leases.** A claim is a lease until `lease_until` (slot + timeout + grace). When a worker dies
-   mid-batch nothing is re-sent: the row already points at the next slot, at most one interval
-   later, so the service is probed again within one interval plus its timeout, and a slot is
-   never probed twice (re-sending expired leases could race a slow worker for the same slot).
+   slot handed out) and moves `due_at` to the first slot after now, so an outage's backlog never
+   becomes a burst. A row more than `late_limit()` overdue is moved on without a claim: that
+   probe could no longer start on time, and each slot it skipped is recorded as `missed`
+   ("the dispatcher was N s late"). On PostgreSQL the rows are locked with
+   `SELECT ... FOR UPDATE SKIP LOCKED`, so concurrent dispatchers take disjoint rows; on SQLite,
+   which has no row locks, each row is claimed with a conditional
+   `UPDATE ... WHERE id = ? AND due_at = <as read>` and only the winner keeps it.
+3. **Nothing is re-sent.** When a worker dies mid-probe, the row already points at the next slot,
+   at most one interval later; the sweeper (`monitor.daemon.sweeper`) records the lost slot as
+   missed. Re-sending could race a slow worker for the same slot.
 4. **Expiry.** A batch is sent with `expires` at the latest moment any of its probes may still
-   start (slot + `late_limit()`); the worker skips claims past their own limit, so stale work is
-   dropped instead of running late.
+   start (slot + `late_limit()`); the worker records claims past their own limit as missed.
+5. **Paused.** A (service, location) that loses its row (service disabled, location removed) has
+   its state paused and its open incident closed (`recording.pause()`).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from typing import Any
 
 from django.db import connection, transaction
 
+from monitor.daemon import recording
 from monitor.models import Schedule, Service
 
 logger = logging.getLogger(__name__)
@@ -53,7 +57,7 @@ LOOKAHEAD = 1.5  # seconds
 # is dropped and the next slot probes the service (after a 20 s database outage, 10,000 services
 # at 60 s would otherwise start ~3,300 overdue probes at once).
 MAX_LATENESS = 10.0  # seconds
-LEASE_GRACE = 30.0  # seconds after slot + timeout that a claim counts as held (worker start, recording)
+MAX_LATE_RECORDED = 60  # skipped slots recorded as missed per row and claim; older ones are the sweeper's
 SYNC_EVERY = 60.0  # seconds between full syncs from dispatch; saves sync at once through signals
 CLAIM_LIMIT = 10_000  # claims per dispatch tick at most; the rest waits for the next tick
 
@@ -154,7 +158,7 @@ def sync_schedules(now: dt.datetime | None = None) -> tuple[int, int]:
         )
         for location in _locations(locations)
     }
-    rows = Schedule.objects.values_list("id", "service_id", "location", "due_at")
+    rows = Schedule.objects.values_list("id", "service_id", "location", "due_at", "claimed_slot")
     return _reconcile(wanted, list(rows), now or dt.datetime.now(dt.UTC))
 
 
@@ -162,23 +166,34 @@ def sync_service(service: Service, now: dt.datetime | None = None) -> None:
     """Make this one service's rows match its `enabled` flag, locations and interval (called on save)."""
     locations = service.location_list if service.enabled else []
     wanted = {(service.id, location): service.interval for location in locations}
-    rows = Schedule.objects.filter(service_id=service.id).values_list("id", "service_id", "location", "due_at")
+    rows = Schedule.objects.filter(service_id=service.id).values_list(
+        "id", "service_id", "location", "due_at", "claimed_slot"
+    )
     _reconcile(wanted, list(rows), now or dt.datetime.now(dt.UTC))
 
 
-def _reconcile(
-    wanted: dict[tuple[int, str], int], rows: list[tuple[int, int, str, dt.datetime]], now: dt.datetime
-) -> tuple[int, int]:
-    """Delete rows not wanted, create the missing ones and realign the rest; return (created, deleted)."""
-    stale = [row_id for row_id, service_id, location, _ in rows if (service_id, location) not in wanted]
-    deleted = Schedule.objects.filter(id__in=stale).delete()[0] if stale else 0
-    have = {(service_id, location) for _, service_id, location, _ in rows}
+def _reconcile(wanted: dict[tuple[int, str], int], rows: list[tuple], now: dt.datetime) -> tuple[int, int]:
+    """Delete rows not wanted (pausing their states), create the missing ones, realign the rest; return counts."""
+    stale = {(service_id, location): row_id for row_id, service_id, location, *_ in rows}.keys() - wanted.keys()
+    deleted = 0
+    if stale:
+        ids = [row_id for row_id, service_id, location, *_ in rows if (service_id, location) in stale]
+        deleted = Schedule.objects.filter(id__in=ids).delete()[0]
+        _pause(stale, {service_id for service_id, _ in wanted}, now)
+    have = {(service_id, location) for _, service_id, location, *_ in rows}
     created = _create_rows([(key, interval) for key, interval in wanted.items() if key not in have], now)
-    for row_id, service_id, location, due_at in rows:
+    for row_id, service_id, location, due_at, claimed_slot in rows:
         interval = wanted.get((service_id, location))
         if interval is not None:
-            _realign(row_id, service_id, location, interval, due_at, now)
+            _realign(row_id, service_id, location, interval, due_at, claimed_slot, now)
     return created, deleted
+
+
+def _pause(stale: set[tuple[int, str]], still_probed: set[int], now: dt.datetime) -> None:
+    """Pause the states nobody will probe: the service lost the location, or was disabled."""
+    removed = {pair for pair in stale if pair[0] in still_probed}
+    for pairs, reason in ((removed, "location removed from the service"), (stale - removed, "service disabled")):
+        recording.pause(pairs, reason, now)
 
 
 def maybe_sync(now: dt.datetime, *, every: float = SYNC_EVERY) -> bool:
@@ -217,12 +232,25 @@ def _create_rows(missing: Iterable[tuple[tuple[int, str], int]], now: dt.datetim
     return len(new)
 
 
-def _realign(row_id: int, service_id: int, location: str, interval: int, due_at: dt.datetime, now: dt.datetime):
+def _realign(
+    row_id: int,
+    service_id: int,
+    location: str,
+    interval: int,
+    due_at: dt.datetime,
+    claimed_slot: dt.datetime | None,
+    now: dt.datetime,
+) -> None:
     offset = slot_offset(service_id, location, interval)
     if on_grid(due_at, interval, offset):
         return
-    # Conditional on due_at as read, so a dispatcher claiming the row meanwhile keeps its claim.
-    Schedule.objects.filter(id=row_id, due_at=due_at).update(due_at=next_slot(now, interval, offset))
+    # Not sooner than half the new interval after the slot last handed out: it may still be in flight.
+    after = now if claimed_slot is None else max(now, claimed_slot + dt.timedelta(seconds=interval / 2))
+    # Conditional on due_at as read, so a dispatcher claiming the row meanwhile keeps its claim. Slots of
+    # the new grid before now were never due: active_since keeps the sweeper from counting them.
+    Schedule.objects.filter(id=row_id, due_at=due_at).update(
+        due_at=next_slot(after, interval, offset), active_since=now
+    )
 
 
 # Claims ----------------------------------------------------------------------------------------
@@ -242,20 +270,28 @@ def claim_due(now: dt.datetime, *, limit: int = CLAIM_LIMIT, lookahead: float = 
         .values_list("id", "service_id", "location", "due_at", "service__interval", "service__timeout")
     )
     if connection.features.has_select_for_update_skip_locked:
-        return _claim_locked(due, now, limit)
-    return _claim_optimistic(due, now, limit)
-
-
-def _claim_locked(due, now: dt.datetime, limit: int) -> list[Claim]:
-    with transaction.atomic():
-        rows = list(due.select_for_update(skip_locked=True, of=("self",))[:limit])
-        updates = [_claimed_row(row, now) for row in rows]
-        if updates:
-            Schedule.objects.bulk_update(updates, ["due_at", "claimed_slot"], batch_size=500)
+        rows = _claim_locked(due, now, limit)
+    else:
+        rows = _claim_optimistic(due, now, limit)
+    late = [row for row in rows if not _timely(row[3], row[4], now)]
+    if late:
+        recording.record(_skipped(late, now))
     return _claims(rows, now)
 
 
-def _claim_optimistic(due, now: dt.datetime, limit: int) -> list[Claim]:
+def _claim_locked(due, now: dt.datetime, limit: int) -> list[tuple]:
+    with transaction.atomic():
+        rows = list(due.select_for_update(skip_locked=True, of=("self",))[:limit])
+        timely = [_claimed_row(row, now) for row in rows if _timely(row[3], row[4], now)]
+        late = [_claimed_row(row, now) for row in rows if not _timely(row[3], row[4], now)]
+        if timely:
+            Schedule.objects.bulk_update(timely, ["due_at", "claimed_slot"], batch_size=500)
+        if late:
+            Schedule.objects.bulk_update(late, ["due_at"], batch_size=500)
+    return rows
+
+
+def _claim_optimistic(due, now: dt.datetime, limit: int) -> list[tuple]:
     # Read outside the transaction, then write: an SQLite transaction that reads first and writes
     # later fails at once with "database is locked" when another writer got in between, instead
     # of waiting for the lock; one that starts with a write waits its busy timeout.
@@ -266,11 +302,11 @@ def _claim_optimistic(due, now: dt.datetime, limit: int) -> list[Claim]:
             fields = _claimed_fields(row, now)
             if Schedule.objects.filter(id=row[0], due_at=row[3]).update(**fields):
                 won.append(row)
-    return _claims(won, now)
+    return won
 
 
 def _claimed_fields(row: tuple, now: dt.datetime) -> dict[str, Any]:
-    _, service_id, location, slot, interval, timeout = row
+    _, service_id, location, slot, interval, _ = row
     timely = _timely(slot, interval, now)
     return {
         # At least half an interval on: a slot off the grid (an interval just changed) must not be
@@ -287,6 +323,24 @@ def _claimed_row(row: tuple, now: dt.datetime) -> Schedule:
 
 def _timely(slot: dt.datetime, interval: int, now: dt.datetime) -> bool:
     return now - slot <= late_limit(interval)
+
+
+def _skipped(rows: Sequence[tuple], now: dt.datetime) -> list[recording.Outcome]:
+    """Return a `missed` outcome for each slot the late rows skipped (the newest MAX_LATE_RECORDED of each)."""
+    missed = []
+    for _, service_id, location, slot, interval, _ in rows:
+        step = dt.timedelta(seconds=interval)
+        count = min(MAX_LATE_RECORDED, int((now - slot - late_limit(interval)) / step) + 1)
+        first = slot + step * (int((now - slot - late_limit(interval)) / step) + 1 - count)
+        for k in range(count):
+            moment = first + k * step
+            late = (now - moment).total_seconds()
+            reason = (
+                f"not probed: the dispatcher reached this slot {late:.1f} s late "
+                f"(the limit is {late_limit(interval).total_seconds():g} s); the next slot was probed instead"
+            )
+            missed.append(recording.Outcome.missed(service_id, location, moment, reason))
+    return missed
 
 
 def _claims(rows: Sequence[tuple], now: dt.datetime) -> list[Claim]:

@@ -1,4 +1,4 @@
-"""The runner: claims probed on their slot against real local servers, concurrently, recorded once."""
+"""The runner: claims probed on their slot against real local servers, concurrently, each ending in one outcome."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from monitor.models import ProbeResult, Service
+from monitor import probes
 from monitor.daemon.runner import run_checks
 from monitor.daemon.scheduling import Claim
+from monitor.models import ProbeResult, Service
 from tests.peers.services import TcpServers
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -44,14 +45,12 @@ def test_claims_are_probed_on_their_slot_and_recorded(servers):
     assert all(slot <= r.started_at < slot + 0.5 * SECOND for r in results)
 
 
-def test_running_the_same_claims_again_probes_and_records_nothing(servers):
+def test_running_the_same_claims_again_records_nothing_new(servers):
     services = [make_service(f"s{i}", port) for i, port in enumerate(servers.ports)]
     claims = claims_for(services, dt.datetime.now(dt.UTC) + 0.2 * SECOND)
     run_checks(claims)
-    connections = sum(len(c) for c in servers.connections.values())
     assert run_checks(claims) == 0
     assert ProbeResult.objects.count() == 3
-    assert sum(len(c) for c in servers.connections.values()) == connections  # skipped before probing
 
 
 def test_a_batch_probes_its_services_at_the_same_time():
@@ -62,21 +61,39 @@ def test_a_batch_probes_its_services_at_the_same_time():
         assert time.monotonic() - started < 2.5  # one after another would take 4 s
 
 
-def test_a_service_whose_options_no_longer_parse_is_recorded_down_and_the_rest_still_run(servers):
+def test_a_service_whose_options_no_longer_parse_is_recorded_unknown_and_the_rest_still_run(servers):
     broken, fine = make_service("broken", servers.ports[0]), make_service("fine", servers.ports[1])
     Service.objects.filter(id=broken.id).update(options={"read_banner": True, "colour": "blue"})
     assert run_checks(claims_for([broken, fine], dt.datetime.now(dt.UTC))) == 2
-    down = ProbeResult.objects.get(service=broken)
-    assert (down.status, ProbeResult.objects.get(service=fine).status) == ("down", "up")
-    assert "not valid any more: colour: unknown option" in down.reason
-    assert down.failure == "config_error"
+    unknown = ProbeResult.objects.get(service=broken)
+    assert (unknown.status, ProbeResult.objects.get(service=fine).status) == ("unknown", "up")
+    assert "not valid any more: colour: unknown option" in unknown.reason
+    assert unknown.failure == "config_error"
 
 
-def test_a_claim_that_can_no_longer_start_on_time_is_dropped(servers):
+def test_a_claim_that_can_no_longer_start_on_time_is_recorded_missed_without_probing(servers):
     service = make_service("late", servers.ports[0])
     slot = dt.datetime.now(dt.UTC) - 20 * SECOND
-    assert run_checks([Claim(1, service.id, "default", slot, start_by=slot + 10 * SECOND)]) == 0
+    assert run_checks([Claim(1, service.id, "default", slot, start_by=slot + 10 * SECOND)]) == 1
     assert servers.connections[servers.ports[0]] == []
+    missed = ProbeResult.objects.get(service=service)
+    assert (missed.status, missed.failure, missed.scheduled_at) == ("unknown", "missed", slot)
+    assert "reached the worker 20." in missed.reason and "backed up" in missed.reason
+
+
+def test_a_prober_that_raises_is_recorded_as_internal_error_and_the_batch_survives(servers, monkeypatch):
+    # No real prober has a bug we can trigger on purpose, so one is swapped in for this test.
+    async def broken(target, options, *, deadline):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(probes.PROBERS, "pop3", broken)
+    buggy = make_service("buggy", servers.ports[0], protocol="pop3", options={})
+    fine = make_service("fine", servers.ports[1])
+    assert run_checks(claims_for([buggy, fine], dt.datetime.now(dt.UTC))) == 2
+    crashed = ProbeResult.objects.get(service=buggy)
+    assert (crashed.status, crashed.failure) == ("unknown", "internal_error")
+    assert crashed.reason == "the pop3 prober failed: RuntimeError: boom"
+    assert ProbeResult.objects.get(service=fine).status == "up"
 
 
 def test_claims_of_disabled_or_deleted_services_are_skipped(servers):

@@ -215,6 +215,9 @@ class Row:
     location: str
     scheduled_at: dt.datetime
     started_at: dt.datetime
+    status: str = ""
+    failure: str = ""
+    reason: str = ""
 
 
 @dataclass
@@ -263,9 +266,12 @@ class Stack:
             """
         )
 
-    def results(self) -> list[Row]:
-        """Return every stored probe result, read with plain SQL so the test process needs no Django setup."""
-        sql = "SELECT service_id, location, scheduled_at, started_at FROM monitor_proberesult ORDER BY scheduled_at"
+    def results(self, *, measured_only: bool = False) -> list[Row]:
+        """Return every stored probe result (or only measured ones), read with plain SQL: no Django setup here."""
+        sql = (
+            "SELECT service_id, location, scheduled_at, started_at, status, failure, reason "
+            "FROM monitor_proberesult ORDER BY scheduled_at"
+        )
         if self.database_url:
             import psycopg
 
@@ -274,7 +280,8 @@ class Stack:
         else:
             with contextlib.closing(sqlite3.connect(self.data_dir / "portwatch.sqlite3", timeout=10)) as conn:
                 rows = conn.execute(sql).fetchall()
-        return [Row(sid, location, _aware(scheduled), _aware(started)) for sid, location, scheduled, started in rows]
+        found = [Row(sid, loc, _aware(scheduled), _aware(started), *rest) for sid, loc, scheduled, started, *rest in rows]
+        return [row for row in found if row.status != "unknown"] if measured_only else found
 
 
 def _aware(value: dt.datetime | str) -> dt.datetime:
