@@ -141,14 +141,15 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def nagios_line(request: ProbeRequest, result: Result) -> str:
-    """Return `SERVICE STATE - text | perfdata`, with every phase and the certificate's days left."""
+    """Return `SERVICE STATE - text | perfdata`, with every phase and the days left of the earliest certificate."""
     label = request.protocol.upper()
     where = f"{result.address or request.target.host} port {request.target.port}"
     text = result.reason if result.status is not Status.UP else f"{result.phases.total:.3f} s response time on {where}"
     perf = [f"time={result.phases.total:.6f}s;;;0"]
     perf += [f"{name}={getattr(result.phases, name):.6f}s;;;0" for name in result.phases.NAMES]
-    if result.tls is not None:
-        perf.append(f"cert_days={result.tls.days_left:.1f};{request.options.tls_warn_days};0")
+    days = _chain_days_left(result)
+    if days is not None:
+        perf.append(f"cert_days={days:.1f};{request.options.tls_warn_days};0")
     return f"{label} {NAGIOS_LABELS[result.status]} - {text} | {' '.join(perf)}"
 
 
@@ -176,9 +177,41 @@ def human_summary(request: ProbeRequest, result: Result) -> str:
             f"  valid      {facts.not_before:%Y-%m-%d} to {facts.not_after:%Y-%m-%d} ({facts.days_left:.1f} days left)"
         )
         lines.append(f"  sha256     {facts.fingerprint_sha256}")
+        if facts.chain_expiry_role not in (None, "leaf"):
+            lines.append(
+                f"  chain      {_chain_expiry(facts.to_dict())}, {facts.chain_expiry_role} {facts.chain_expiry_subject}"
+            )
+    hops = result.details.get("hops") or []
+    for number, hop in enumerate(hops if len(hops) > 1 else [], start=1):
+        lines.append(f"  hop {number:<6} {_hop(hop)}")
     for key, value in result.details.items():
+        if key == "hops" or (key == "redirects" and len(hops) > 1):  # shown above, hop by hop
+            continue
         lines.append(f"  {key:<10} {_compact(value)}")
     return "\n".join(lines) + "\n"
+
+
+def _chain_days_left(result: Result) -> float | None:
+    """Return the days left of the first certificate to expire in any chain the probe saw, every hop included."""
+    days = [result.tls.chain_days_left] if result.tls is not None else []
+    days += [hop["tls"]["chain_days_left"] for hop in result.details.get("hops") or [] if hop.get("tls")]
+    return min(days, default=None)
+
+
+def _chain_expiry(tls: dict[str, Any]) -> str:
+    return f"expires {(tls['chain_expiry'] or tls['not_after'])[:10]} ({tls['chain_days_left']:.1f} days left)"
+
+
+def _hop(hop: dict[str, Any]) -> str:
+    """Return one line for a hop of a redirect chain: status, URL, address and the chain's expiry."""
+    text = f"{hop.get('status', '---')} {hop['url']}"
+    if hop.get("address"):
+        text += f"  {hop['address']}"
+    tls = hop.get("tls")
+    if tls:
+        verdict = "verified" if tls["verified"] else "NOT verified"
+        text += f"  TLS {tls['server_name']} {verdict}, chain {_chain_expiry(tls)}"
+    return text
 
 
 def _host(parts: urllib.parse.SplitResult, url: str) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.http_server import HTTPServer, Reply
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -141,3 +143,38 @@ def test_its_nagios_mode_reports_usage_errors_as_unknown():
 
     assert run.stdout.startswith("PORTWATCH UNKNOWN - ")
     assert run.returncode == 3
+
+
+def test_it_exits_3_with_config_error_when_the_ca_file_holds_no_certificate(banner_server, certs, tmp_path):
+    port = banner_server(certs.good)
+    empty = tmp_path / "ca.pem"
+    empty.write_bytes(b"")
+
+    run = probe(f"tls://127.0.0.1:{port}", "--ca-file", str(empty), "--json")
+
+    assert run.returncode == 3, run.stdout + run.stderr
+    result = json.loads(run.stdout)
+    assert (result["status"], result["failure"]) == ("unknown", "config_error")
+
+
+def test_its_summary_names_the_failure_kind_of_a_warning(banner_server, certs):
+    port = banner_server(certs.expiring)
+
+    run = probe(f"tls://localhost:{port}", "--ca-file", certs.ca_file)
+
+    assert run.returncode == 1, run.stdout
+    assert run.stdout.splitlines()[0].endswith("WARNING  [tls_expiring]")
+
+
+async def test_its_summary_shows_each_hop_of_a_redirect_with_its_certificate(certs):
+    async with (
+        HTTPServer({"/": Reply(200, b"ok")}, tls=certs.good) as final,
+        HTTPServer({"/": Reply.redirect(f"https://localhost:{final.port}/")}, tls=certs.expiring) as first,
+    ):
+        run = probe(first.url("/"), "--ca-file", certs.ca_file, "--ip-family", "ipv4")
+
+    hops = [line.split()[:5] for line in run.stdout.splitlines() if line.startswith("  hop ")]
+    assert hops == [
+        ["hop", "1", "302", first.url("/"), "127.0.0.1"],
+        ["hop", "2", "200", f"https://localhost:{final.port}/", "127.0.0.1"],
+    ], run.stdout

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from monitor.probes.result import Failure
+from monitor.probes.result import Failure, Status
 
 
 class ProbeError(Exception):
     """The service is not healthy; the message is the sentence a person reads."""
 
     failure: Failure = Failure.PROTOCOL_ERROR
+    status: Status = Status.DOWN
+
+
+class ConfigError(ProbeError):
+    """The probe cannot run here as configured (a file its settings name is missing): nothing was measured."""
+
+    failure = Failure.CONFIG_ERROR
+    status = Status.UNKNOWN
 
 
 class ResolutionError(ProbeError):

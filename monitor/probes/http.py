@@ -4,6 +4,8 @@ The body is read to its end, up to MAX_BODY_BYTES, so `transfer` covers the whol
 without a keyword. Past that limit reading stops; the probe still passes unless a keyword or regex
 was not found in what was read, which is `response_too_large` (the rest was never looked at). More
 than MAX_REDIRECTS redirects in a row is `http_status`: the server never gave a final answer.
+`details["hops"]` has one entry per request (URL, status, address, TLS facts); `Result.tls` is the
+first hop's certificate, and the expiry warning covers every hop's chain.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import codecs
 import dataclasses
 import http
 import re
+from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import h11
@@ -23,6 +26,7 @@ from monitor.probes.errors import (
     ProbeError,
     ProtocolError,
     ResponseTooLarge,
+    TLSHandshakeError,
 )
 from monitor.probes.net import Connection, preview
 from monitor.probes.options import ConnectionOptions, OptionsError
@@ -88,16 +92,25 @@ async def probe(target: Target, options: Options, *, deadline: float) -> Result:
     async def dialogue(session: Session) -> None:
         redirects: list[str] = []
         session.details["redirects"] = redirects
+        codes: list[int] = []  # the status of each request, for details["hops"]
         url, method = _url(session, options.path), options.method
-        reply = await ask(session, method, options.path, first=True)
-        while (location := _location(reply.response)) and options.follow_redirects:
-            if len(redirects) == MAX_REDIRECTS:
-                raise HTTPStatusError(f"gave up after {MAX_REDIRECTS} redirects; the last pointed to {_clip(location)}")
-            url = urljoin(url, location)
-            redirects.append(_clip(url))
-            path = await follow(session, options, url)
-            method = _method_after(reply.response.status_code, method)
-            reply = await ask(session, method, path, first=False)
+        first_url = _clip(url)
+        try:
+            reply = await ask(session, method, options.path, first=True)
+            codes.append(reply.response.status_code)
+            while (location := _location(reply.response)) and options.follow_redirects:
+                if len(redirects) == MAX_REDIRECTS:
+                    raise HTTPStatusError(
+                        f"gave up after {MAX_REDIRECTS} redirects; the last pointed to {_clip(location)}"
+                    )
+                url = urljoin(url, location)
+                redirects.append(_clip(url))
+                path = await follow(session, options, url)
+                method = _method_after(reply.response.status_code, method)
+                reply = await ask(session, method, path, first=False)
+                codes.append(reply.response.status_code)
+        finally:  # what the hops before a failure showed is kept, and the failing hop's certificate too
+            session.details["hops"] = hops([first_url, *redirects], codes, session.connections)
         if location:
             session.details["location"] = _clip(location)
         code = reply.response.status_code
@@ -110,6 +123,25 @@ async def probe(target: Target, options: Options, *, deadline: float) -> Result:
         check_body(body, cut, _charset(reply.response), options)
 
     return await converse(target, options, dialogue, deadline=deadline)
+
+
+def hops(urls: list[str], codes: list[int], connections: list[Connection]) -> list[dict[str, Any]]:
+    """Return one entry per hop: its URL, and as far as it got, address, TLS facts and status code.
+
+    Every hop opens one connection (requests say `Connection: close`), so the lists line up by index;
+    a hop that failed before connecting, or before its answer, has fewer keys.
+    """
+    entries: list[dict[str, Any]] = []
+    for index, url in enumerate(urls):
+        entry: dict[str, Any] = {"url": url}
+        if index < len(codes):
+            entry["status"] = codes[index]
+        if index < len(connections):
+            entry["address"] = connections[index].address
+            if connections[index].tls is not None:
+                entry["tls"] = connections[index].tls.to_dict()
+        entries.append(entry)
+    return entries
 
 
 async def ask(session: Session, method: str, path: str, *, first: bool) -> Reply:
@@ -151,7 +183,10 @@ async def follow(session: Session, options: Options, url: str) -> str:
     host = session.target.host if parts.hostname in here else parts.hostname
     if parts.hostname not in here:
         session.options = dataclasses.replace(options, tls_server_name=None)
-    await session.reconnect(Target(host, port, "implicit" if scheme == "https" else "none"))
+    try:
+        await session.reconnect(Target(host, port, "implicit" if scheme == "https" else "none"))
+    except TLSHandshakeError as error:  # Result.tls is the first hop's certificate: say which one failed
+        raise type(error)(f"{error} (redirected to {_clip(url)})") from None
     return (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
 
 

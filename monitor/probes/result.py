@@ -74,13 +74,28 @@ class TLSFacts:
     fingerprint_sha256: str
     verified: bool
     verify_error: str | None  # None when verified or when verification was turned off
+    # The certificate that expires first in the chain OpenSSL verified (root included), or in the chain
+    # the server sent when verification was off or failed. An intermediate that expires before the leaf
+    # breaks every client just the same, and a stale cross-signed certificate the server still sends but
+    # clients no longer use (what earliest_expiry sees) does not. None when built without a chain.
+    chain_expiry: dt.datetime | None = None
+    chain_expiry_subject: str | None = None
+    chain_expiry_role: str | None = None  # "leaf", "intermediate" or "root"
+
+    @property
+    def chain_days_left(self) -> float:
+        """Return the days from the handshake until the first certificate of the chain expires."""
+        if self.chain_expiry is None:
+            return self.days_left
+        return self.days_left - (self.not_after - self.chain_expiry).total_seconds() / 86400
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for key in ("not_before", "not_after", "earliest_expiry"):
-            data[key] = data[key].isoformat()
+        for key in ("not_before", "not_after", "earliest_expiry", "chain_expiry"):
+            data[key] = None if data[key] is None else data[key].isoformat()
         data["sans"] = list(self.sans)
         data["days_left"] = round(self.days_left, 3)
+        data["chain_days_left"] = round(self.chain_days_left, 3)
         return data
 
 

@@ -3,15 +3,17 @@
 A protocol module writes its dialogue as `async def dialogue(session) -> None`, reading and
 writing `session.conn` and filling `session.banner` and `session.details` as it learns them;
 `converse()` connects, runs it, and returns the `Result`, with whatever was learnt before a failure.
-`exchange()` is the same boundary for a probe that opens its own sockets (DNS over UDP).
+`exchange()` is the same boundary for a probe that opens its own sockets (DNS over UDP). `grade()`
+turns a healthy result into a warning when a certificate of any connection's chain is close to expiry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from monitor.probes import tls as tlslib
 from monitor.probes.errors import ProbeError
 from monitor.probes.net import Connection, open_connection
 from monitor.probes.options import ConnectionOptions
@@ -39,10 +41,28 @@ class Session:
     conn: Connection
     banner: str = ""
     details: dict[str, Any] = field(default_factory=dict)
+    connections: list[Connection] = field(default_factory=list)  # every one opened, in order (HTTP redirects)
+
+    def __post_init__(self) -> None:
+        if not self.connections:
+            self.connections.append(self.conn)
 
     @property
     def server_name(self) -> str:
         return self.options.tls_server_name or self.target.host
+
+    @property
+    def tls(self) -> TLSFacts | None:
+        """Return the TLS facts of the first connection that used TLS: the certificate users point at.
+
+        https://example.com redirecting to https://www.example.com is a probe of example.com's certificate.
+        """
+        return next(iter(self.certificates), None)
+
+    @property
+    def certificates(self) -> list[TLSFacts]:
+        """Return the TLS facts of every connection that handshook, in the order they were opened."""
+        return [conn.tls for conn in self.connections if conn.tls is not None]
 
     def set_banner(self, line: bytes | str) -> None:
         text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
@@ -55,11 +75,14 @@ class Session:
         """Close the connection and open one to `target` on the same clock and deadline (an HTTP redirect).
 
         Resolve, connect and TLS time add up across connections, as blackbox_exporter sums them over redirects.
+        The new connection joins `connections` before its handshake, so its certificate facts are kept
+        even when verification fails.
         """
         self.conn.close()
         self.conn = await open_connection(
             target.host, target.port, self.options, deadline=self.conn.deadline, clock=self.conn.clock
         )
+        self.connections.append(self.conn)
         self.target = target
         if self.conn.attempts:
             self.details.setdefault("failed_addresses", []).extend(self.conn.attempts)
@@ -73,14 +96,19 @@ Dialogue = Callable[[Session], Awaitable[None]]
 async def converse(target: Target, options: ConnectionOptions, dialogue: Dialogue, *, deadline: float) -> Result:
     """Return the result of connecting to `target` and running `dialogue` before `deadline`.
 
-    1. Resolve and connect, trying each address in turn.
-    2. For implicit TLS, handshake before the dialogue.
-    3. Run the dialogue; a `ProbeError` anywhere becomes a `down` result of its kind.
-    4. Grade a healthy result `warning` when the certificate is close to expiry.
+    1. For a TLS target, build the TLS context first: a CA file missing on this worker is a config
+       error (status unknown) found before any packet is sent, not halfway through a dialogue.
+    2. Resolve and connect, trying each address in turn.
+    3. For implicit TLS, handshake before the dialogue.
+    4. Run the dialogue; a `ProbeError` anywhere becomes a result of its status (down, or unknown
+       for a config error) and failure kind.
+    5. Grade a healthy result `warning` when a certificate of any connection's chain is close to expiry.
     """
     clock = PhaseClock()
     session: Session | None = None
     try:
+        if target.tls != "none":
+            tlslib.client_context(verify=options.tls_verify, ca_file=options.tls_ca_file)
         conn = await open_connection(target.host, target.port, options, deadline=deadline, clock=clock)
         session = Session(target, options, conn)
         if conn.attempts:
@@ -93,9 +121,9 @@ async def converse(target: Target, options: ConnectionOptions, dialogue: Dialogu
         finally:
             session.conn.close()  # the dialogue may have reconnected
     except ProbeError as error:
-        return _result(Status.DOWN, error.failure, str(error), clock, session)
-    status, reason = grade(session.conn.tls, options)
-    return _result(status, None, reason, clock, session)
+        return _result(error.status, error.failure, str(error), clock, session)
+    status, failure, reason = grade(session.certificates, options)
+    return _result(status, failure, reason, clock, session)
 
 
 @dataclass
@@ -118,17 +146,35 @@ async def exchange(
     try:
         await steps(state)
     except ProbeError as error:
-        return Result(Status.DOWN, error.failure, str(error), state.clock.stop(), state.address, details=state.details)
+        return Result(error.status, error.failure, str(error), state.clock.stop(), state.address, details=state.details)
     return Result(Status.UP, None, "ok", state.clock.stop(), state.address, details=state.details)
 
 
-def grade(tls: TLSFacts | None, options: ConnectionOptions) -> tuple[Status, str]:
-    """Return `warning` with its reason when the certificate expires within the warning days."""
-    if tls is None or tls.days_left >= options.tls_warn_days:
-        return Status.UP, "ok"
-    if tls.days_left < 0:
-        return Status.WARNING, f"certificate expired {-tls.days_left:.0f} days ago ({tls.not_after:%Y-%m-%d})"
-    return Status.WARNING, f"certificate expires in {tls.days_left:.1f} days ({tls.not_after:%Y-%m-%d})"
+def grade(certificates: Sequence[TLSFacts], options: ConnectionOptions) -> tuple[Status, Failure | None, str]:
+    """Return (status, failure kind, reason): `warning` and `tls_expiring` when a certificate expires soon.
+
+    The certificate that expires first across every connection's chain decides (the first on a tie).
+    The reason names it when it is not the leaf, and names the host when the probe made more than one
+    TLS connection (the hops of an HTTP redirect), so the warning says which certificate to renew.
+    """
+    if not certificates:
+        return Status.UP, None, "ok"
+    first = min(certificates, key=lambda facts: facts.chain_days_left)
+    if first.chain_days_left >= options.tls_warn_days:
+        return Status.UP, None, "ok"
+    return Status.WARNING, Failure.TLS_EXPIRING, expiry_reason(first, name_host=len(certificates) > 1)
+
+
+def expiry_reason(facts: TLSFacts, *, name_host: bool) -> str:
+    """Return e.g. "intermediate certificate CN=R3,O=Let's Encrypt expires in 3.0 days (2026-12-01)"."""
+    role = facts.chain_expiry_role or "leaf"
+    what = "certificate" if role == "leaf" else f"{role} certificate {facts.chain_expiry_subject}"
+    if name_host and facts.server_name:
+        what += f" of {facts.server_name}"
+    days, when = facts.chain_days_left, facts.chain_expiry or facts.not_after
+    if days < 0:
+        return f"{what} expired {-days:.0f} days ago ({when:%Y-%m-%d})"
+    return f"{what} expires in {days:.1f} days ({when:%Y-%m-%d})"
 
 
 def _result(status: Status, failure: Failure | None, reason: str, clock: PhaseClock, session: Session | None) -> Result:
@@ -141,7 +187,7 @@ def _result(status: Status, failure: Failure | None, reason: str, clock: PhaseCl
         reason,
         phases,
         address=session.conn.address,
-        tls=session.conn.tls,
+        tls=session.tls,
         banner=session.banner,
         details=session.details,
     )

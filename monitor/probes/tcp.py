@@ -29,10 +29,29 @@ class Options(ConnectionOptions):
             except re.error as error:
                 raise OptionsError("expect", f"is not a valid regular expression: {error}") from None
         if self.send is not None:
-            try:
-                codecs.decode(self.send, "unicode_escape")
-            except UnicodeDecodeError as error:
-                raise OptionsError("send", f"has a broken escape sequence: {error.reason}") from None
+            payload(self.send)
+
+
+def payload(send: str) -> bytes:
+    """Return the bytes the `send` option stands for; raise OptionsError naming `send` if it has none.
+
+    Escapes name bytes: \\xNN and \\u00NN are one byte each, so \\u20ac has no byte to stand for
+    (the character written as it is goes out as UTF-8). Checked when options are parsed, so a
+    service that cannot be probed is refused when saved instead of crashing every probe.
+    """
+    try:
+        text = codecs.decode(send, "unicode_escape")
+    except UnicodeDecodeError as error:
+        raise OptionsError("send", f"has a broken escape sequence: {error.reason}") from None
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError as error:
+        char = error.object[error.start]
+        message = (
+            f"escapes must stand for bytes, \\x00 to \\xff, and U+{ord(char):04X} ({char}) is not one;"
+            " write the character itself to send it as UTF-8"
+        )
+        raise OptionsError("send", message) from None
 
 
 async def probe(target: Target, options: Options, *, deadline: float) -> Result:
@@ -41,7 +60,7 @@ async def probe(target: Target, options: Options, *, deadline: float) -> Result:
         if options.read_banner:
             session.set_banner(await conn.read_line(what="the banner"))
         if options.send is not None:
-            await conn.write(codecs.decode(options.send, "unicode_escape").encode("latin-1"), what="the request")
+            await conn.write(payload(options.send), what="the request")
         if options.expect is not None:
             pattern = re.compile(options.expect)
             for _ in range(MAX_EXPECT_LINES):

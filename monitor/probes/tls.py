@@ -15,7 +15,7 @@ import ssl
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from monitor.probes.errors import TLSExpiredError, TLSHostnameError, TLSVerifyError
+from monitor.probes.errors import ConfigError, TLSExpiredError, TLSHostnameError, TLSVerifyError
 from monitor.probes.result import TLSFacts
 
 # OpenSSL X509_V_ERR_* codes, grouped by the failure kind they mean to an operator.
@@ -24,9 +24,22 @@ _HOSTNAME_CODES = {62, 64}  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
 
 
 def client_context(*, verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    """Return a shared client context; loading the system trust store costs milliseconds, so it is cached."""
-    stamp = os.stat(ca_file).st_mtime_ns if ca_file else 0
-    return _cached_context(verify, ca_file, stamp)
+    """Return a shared client context; loading the system trust store costs milliseconds, so it is cached.
+
+    `ca_file` is read on the machine that runs the probe, which need not be where the service was
+    saved: a file missing or unreadable here is a `ConfigError` (status unknown), not a crash.
+    Without verification no CA is needed, so the file is not read at all.
+    """
+    if not verify:
+        ca_file = None
+    try:
+        stamp = os.stat(ca_file).st_mtime_ns if ca_file else 0
+        return _cached_context(verify, ca_file, stamp)
+    except FileNotFoundError:
+        raise ConfigError(f"the CA file {ca_file} named by tls_ca_file is missing on this worker") from None
+    except OSError as error:  # ssl.SSLError too: a file without a PEM certificate in it
+        message = f"the CA file {ca_file} named by tls_ca_file cannot be used on this worker: {error.strerror or error}"
+        raise ConfigError(message) from None
 
 
 @functools.lru_cache(maxsize=64)
@@ -50,10 +63,15 @@ def verify_error(error: ssl.SSLCertVerificationError, server_name: str) -> TLSVe
 
 def facts(tls: ssl.SSLObject, *, server_name: str | None, verified: bool, error: str | None) -> TLSFacts | None:
     """Return what the handshake showed about the server's certificate, or None if it sent none."""
-    chain = [x509.load_der_x509_certificate(der) for der in peer_chain(tls)]
-    if not chain:
+    sent = [x509.load_der_x509_certificate(der) for der in peer_chain(tls)]
+    if not sent:
         return None
-    leaf = chain[0]
+    leaf = sent[0]
+    # Clients use the chain OpenSSL built, not every certificate the server sent; that chain is only
+    # known when verification ran and passed.
+    chain = [x509.load_der_x509_certificate(der) for der in verified_chain(tls)] if verified else []
+    chain = chain or sent
+    position, first = min(enumerate(chain), key=lambda item: (item[1].not_valid_after_utc, item[0]))
     now = dt.datetime.now(dt.UTC)
     cipher = tls.cipher()
     return TLSFacts(
@@ -66,10 +84,13 @@ def facts(tls: ssl.SSLObject, *, server_name: str | None, verified: bool, error:
         not_before=leaf.not_valid_before_utc,
         not_after=leaf.not_valid_after_utc,
         days_left=(leaf.not_valid_after_utc - now).total_seconds() / 86400,
-        earliest_expiry=min(cert.not_valid_after_utc for cert in chain),
+        earliest_expiry=min(cert.not_valid_after_utc for cert in sent),
         fingerprint_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
         verified=verified,
         verify_error=error,
+        chain_expiry=first.not_valid_after_utc,
+        chain_expiry_subject=first.subject.rfc4514_string(),
+        chain_expiry_role="leaf" if position == 0 else "root" if first.subject == first.issuer else "intermediate",
     )
 
 
@@ -79,17 +100,33 @@ def peer_chain(tls: ssl.SSLObject) -> list[bytes]:
     Python 3.13 made `get_unverified_chain` public; 3.10 to 3.12 have it on the private `_sslobj`.
     Without either we fall back to the leaf, which `getpeercert` gives only after a good handshake.
     """
-    public = getattr(tls, "get_unverified_chain", None)
-    if public is not None:
-        return [bytes(der) for der in public() or []]
-    private = getattr(getattr(tls, "_sslobj", None), "get_unverified_chain", None)
-    if private is not None:
-        return [cert.public_bytes(_ssl.ENCODING_DER) for cert in private() or []]
+    chain = _chain(tls, "get_unverified_chain")
+    if chain is not None:
+        return chain
     try:
         leaf = tls.getpeercert(binary_form=True)
     except ValueError:
         return []
     return [leaf] if leaf else []
+
+
+def verified_chain(tls: ssl.SSLObject) -> list[bytes]:
+    """Return the DER certificates of the chain OpenSSL verified, leaf first and trust anchor last.
+
+    Only meaningful after a handshake that verified; Python 3.13 made `get_verified_chain` public,
+    3.10 to 3.12 have it on the private `_sslobj`. Without either, the empty list.
+    """
+    return _chain(tls, "get_verified_chain") or []
+
+
+def _chain(tls: ssl.SSLObject, method: str) -> list[bytes] | None:
+    public = getattr(tls, method, None)
+    if public is not None:
+        return [bytes(der) for der in public() or []]
+    private = getattr(getattr(tls, "_sslobj", None), method, None)
+    if private is not None:
+        return [cert.public_bytes(_ssl.ENCODING_DER) for cert in private() or []]
+    return None
 
 
 def _sans(cert: x509.Certificate) -> tuple[str, ...]:

@@ -45,13 +45,16 @@ Route = Reply | Callable[[Request], Reply]
 
 
 class HTTPServer:
-    """Serve `routes` ({path: Reply or function}) over HTTP, or HTTPS with the `tls` certificate."""
+    """Serve `routes` ({path: Reply or function}) over HTTP, or HTTPS with the `tls` certificate.
 
-    def __init__(self, routes: Mapping[str, Route], *, tls: trustme.LeafCert | None = None) -> None:
+    `tls` may also be a server SSLContext, for a chain trustme cannot make (extra certificates sent).
+    """
+
+    def __init__(self, routes: Mapping[str, Route], *, tls: trustme.LeafCert | ssl.SSLContext | None = None) -> None:
         self.routes = dict(routes)
         self.requests: list[Request] = []
         self.scheme = "https" if tls else "http"
-        self._context = _server_context(tls) if tls else None
+        self._context = tls if isinstance(tls, ssl.SSLContext) else _server_context(tls) if tls else None
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 

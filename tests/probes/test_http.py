@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
 from monitor.probes import OptionsError, Status, Target, http, run_probe
 from tests.peers import hostile
@@ -37,6 +40,10 @@ ROUTES = {
     "/slow": slowly,
     "/to-slow": Reply.redirect("/slow"),
 }
+
+
+def fingerprint(leaf) -> str:
+    return x509.load_pem_x509_certificate(leaf.cert_chain_pems[0].bytes()).fingerprint(hashes.SHA256()).hex()
 
 
 async def probe(port: int, tls: str = "none", *, host: str = "127.0.0.1", **raw):
@@ -283,7 +290,7 @@ async def test_it_warns_about_a_certificate_close_to_expiry(certs):
     async with HTTPServer(ROUTES, tls=certs.expiring) as server:
         result = await probe(server.port, "implicit", tls_ca_file=certs.ca_file)
 
-    assert result.status is Status.WARNING
+    assert (result.status, str(result.failure)) == (Status.WARNING, "tls_expiring")
     assert result.reason.startswith("certificate expires in ")
 
 
@@ -329,3 +336,87 @@ def test_it_rejects_bad_options_naming_the_field(raw, field, message):
         http.Options.from_mapping(raw)
 
     assert (caught.value.field, caught.value.message) == (field, message)
+
+
+async def test_it_warns_when_the_first_hops_certificate_expires_naming_its_host(certs):
+    async with (
+        HTTPServer(ROUTES, tls=certs.good) as final,
+        HTTPServer({"/": Reply.redirect(f"https://localhost:{final.port}/")}, tls=certs.expiring) as first,
+    ):
+        result = await probe(first.port, "implicit", tls_ca_file=certs.ca_file, ip_family="ipv4")
+
+    assert (result.status, str(result.failure)) == (Status.WARNING, "tls_expiring"), result.reason
+    assert re.fullmatch(r"certificate of 127\.0\.0\.1 expires in [45]\.\d days \(\d{4}-\d\d-\d\d\)", result.reason)
+
+
+async def test_it_warns_when_a_later_hops_certificate_expires_naming_its_host(certs):
+    async with (
+        HTTPServer(ROUTES, tls=certs.expiring) as final,
+        HTTPServer({"/": Reply.redirect(f"https://localhost:{final.port}/")}, tls=certs.good) as first,
+    ):
+        result = await probe(first.port, "implicit", tls_ca_file=certs.ca_file, ip_family="ipv4")
+
+    assert (result.status, str(result.failure)) == (Status.WARNING, "tls_expiring"), result.reason
+    assert result.reason.startswith("certificate of localhost expires in ")
+
+
+async def test_its_certificate_is_the_first_hops(certs):
+    async with (
+        HTTPServer(ROUTES, tls=certs.good) as final,
+        HTTPServer({"/": Reply.redirect(f"https://localhost:{final.port}/")}, tls=certs.expiring) as first,
+    ):
+        result = await probe(first.port, "implicit", tls_ca_file=certs.ca_file, ip_family="ipv4")
+
+    assert result.tls.fingerprint_sha256 == fingerprint(certs.expiring)
+
+
+async def test_it_records_every_hop_with_its_certificate(certs):
+    async with (
+        HTTPServer(ROUTES, tls=certs.good) as final,
+        HTTPServer({"/": Reply.redirect(f"https://localhost:{final.port}/")}, tls=certs.expiring) as first,
+    ):
+        result = await probe(first.port, "implicit", tls_ca_file=certs.ca_file, ip_family="ipv4")
+
+    hops = [
+        (hop["url"], hop["status"], hop["address"], hop["tls"]["fingerprint_sha256"]) for hop in result.details["hops"]
+    ]
+    assert hops == [
+        (first.url("/"), 302, "127.0.0.1", fingerprint(certs.expiring)),
+        (f"https://localhost:{final.port}/", 200, "127.0.0.1", fingerprint(certs.good)),
+    ]
+
+
+async def test_it_records_a_plain_hop_without_tls_facts():
+    async with HTTPServer(ROUTES) as server:
+        result = await probe(server.port, path="/moved")
+
+    assert result.details["hops"] == [
+        {"url": server.url("/moved"), "status": 302, "address": "127.0.0.1"},
+        {"url": server.url("/"), "status": 200, "address": "127.0.0.1"},
+    ]
+
+
+async def test_a_later_hop_that_fails_verification_is_down_and_keeps_the_hops_learnt(certs):
+    async with (
+        HTTPServer(ROUTES, tls=certs.expired) as final,
+        HTTPServer({"/": Reply.redirect(f"https://localhost:{final.port}/")}, tls=certs.good) as first,
+    ):
+        result = await probe(first.port, "implicit", tls_ca_file=certs.ca_file, ip_family="ipv4")
+
+    assert (result.status, str(result.failure)) == (Status.DOWN, "tls_expired"), result.reason
+    assert [(hop.get("status"), hop["tls"]["verified"]) for hop in result.details["hops"]] == [
+        (302, True),
+        (None, False),
+    ]
+
+
+async def test_a_later_hop_that_fails_verification_says_where_it_was_redirected(certs):
+    async with (
+        HTTPServer(ROUTES, tls=certs.expired) as final,
+        HTTPServer({"/": Reply.redirect(f"https://localhost:{final.port}/")}, tls=certs.good) as first,
+    ):
+        result = await probe(first.port, "implicit", tls_ca_file=certs.ca_file, ip_family="ipv4")
+
+    assert result.reason == (
+        f"certificate verification failed: certificate has expired (redirected to https://localhost:{final.port}/)"
+    )

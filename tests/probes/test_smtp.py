@@ -9,7 +9,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from monitor.probes import OptionsError, Status, Target, run_probe, smtp
+from monitor.probes import OptionsError, Status, Target, run_probe, smtp, tcp
 from tests.peers.smtp_server import SERVER_NAME, LineServer, smtp_server
 
 TIMEOUT = 5.0
@@ -122,7 +122,7 @@ async def test_it_warns_about_a_certificate_close_to_expiry(certs):
     async with smtp_server(starttls=certs.expiring) as port:
         result = await probe(port, "starttls", tls_ca_file=certs.ca_file)
 
-    assert (result.status, result.failure) == (Status.WARNING, None)
+    assert (result.status, str(result.failure)) == (Status.WARNING, "tls_expiring")
     assert re.fullmatch(r"certificate expires in [45]\.\d days \(\d{4}-\d\d-\d\d\)", result.reason), result.reason
 
 
@@ -214,3 +214,16 @@ def test_it_refuses_an_ehlo_name_that_would_inject_a_command():
         smtp.Options.from_mapping({"ehlo_name": "a\r\nRSET"})
 
     assert str(raised.value) == "ehlo_name: must be a host name without spaces, not 'a\\r\\nRSET'"
+
+
+# The TCP prober has no test module of its own yet; this sits beside its SMTP sibling above (text
+# an option would put on the wire) until tests/probes/test_tcp.py exists.
+def test_the_tcp_prober_refuses_a_send_escape_that_is_not_a_byte():
+    with pytest.raises(OptionsError) as raised:
+        tcp.Options.from_mapping({"send": "PING \\u20ac\\r\\n"})
+
+    assert (raised.value.field, raised.value.message) == (
+        "send",
+        "escapes must stand for bytes, \\x00 to \\xff, and U+20AC (€) is not one;"
+        " write the character itself to send it as UTF-8",
+    )
