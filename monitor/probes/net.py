@@ -13,10 +13,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
-
+from monitor.probes import resolver as names
 from monitor.probes import tls as tlslib
 from monitor.probes.errors import (
     ConnectError,
@@ -28,7 +25,7 @@ from monitor.probes.errors import (
     ResponseTooLarge,
     TLSHandshakeError,
 )
-from monitor.probes.options import ConnectionOptions, parse_host_port
+from monitor.probes.options import ConnectionOptions
 from monitor.probes.result import TLSFacts
 from monitor.probes.timing import PhaseClock
 
@@ -238,7 +235,11 @@ async def _connect(family: int, sockaddr: tuple, *, deadline: float) -> socket.s
 
 
 async def resolve(host: str, port: int, options: ConnectionOptions, *, deadline: float) -> list[tuple[int, tuple]]:
-    """Return (family, sockaddr) pairs for `host`, narrowed by `options.ip_family`."""
+    """Return (family, sockaddr) pairs for `host`, narrowed by `options.ip_family`, IPv4 first.
+
+    An IP literal is its own address and never touches DNS; a name goes to `resolver.resolve()`
+    (the hosts file and the configured nameservers, or the server of the `resolver` option).
+    """
     family = _FAMILIES[options.ip_family]
     try:
         literal = ipaddress.ip_address(host.strip("[]"))
@@ -248,57 +249,8 @@ async def resolve(host: str, port: int, options: ConnectionOptions, *, deadline:
         wanted = socket.AF_INET if literal.version == 4 else socket.AF_INET6
         if family not in (socket.AF_UNSPEC, wanted):
             raise ResolutionError(f"{host} is not an {options.ip_family.replace('ip', 'IP')} address")
-        return [(wanted, _sockaddr(wanted, str(literal), port))]
-    if options.resolver:
-        return await _resolve_with_server(host, port, options, family, deadline)
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout_at(deadline):
-            infos = await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM)
-    except TimeoutError:
-        raise ProbeTimeout(f"timed out resolving {host}") from None
-    except socket.gaierror as error:
-        raise ResolutionError(f"cannot resolve {host}: {error.strerror}") from None
-    return _unique([(info[0], info[4]) for info in infos])
-
-
-async def _resolve_with_server(host: str, port: int, options, family: int, deadline: float) -> list[tuple[int, tuple]]:
-    server, server_port = parse_host_port(options.resolver, default_port=53, field="resolver")
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    resolver.nameservers = [server]
-    resolver.port = server_port
-    kinds = [("AAAA", socket.AF_INET6), ("A", socket.AF_INET)]
-    found: list[tuple[int, tuple]] = []
-    problems: list[str] = []
-    for rdtype, kind in kinds:
-        if family not in (socket.AF_UNSPEC, kind):
-            continue
-        lifetime = deadline - asyncio.get_running_loop().time()
-        if lifetime <= 0:
-            raise ProbeTimeout(f"timed out resolving {host} through {options.resolver}")
-        try:
-            answer = await resolver.resolve(host, rdtype, lifetime=lifetime, search=False)
-        except dns.resolver.NXDOMAIN:
-            raise ResolutionError(f"cannot resolve {host}: no such domain (NXDOMAIN from {options.resolver})") from None
-        except dns.resolver.NoAnswer:
-            problems.append(f"no {rdtype} record")
-            continue
-        except dns.resolver.LifetimeTimeout:
-            raise ProbeTimeout(f"timed out resolving {host} through {options.resolver}") from None
-        except dns.exception.DNSException as error:
-            raise ResolutionError(f"cannot resolve {host} through {options.resolver}: {error}") from None
-        found += [(kind, _sockaddr(kind, record.address, port)) for record in answer]
-    if not found:
-        raise ResolutionError(f"cannot resolve {host}: {' and '.join(problems) or 'no address records'}")
-    return found
-
-
-def _sockaddr(family: int, address: str, port: int) -> tuple:
-    return (address, port) if family == socket.AF_INET else (address, port, 0, 0)
-
-
-def _unique(pairs: list[tuple[int, tuple]]) -> list[tuple[int, tuple]]:
-    return list(dict.fromkeys(pairs))
+        return [(wanted, names.sockaddr(wanted, str(literal), port))]
+    return await names.resolve(host, port, options.ip_family, deadline=deadline, server=options.resolver)
 
 
 def preview(data: bytes | bytearray, size: int = 40) -> str:

@@ -4,9 +4,10 @@
         server.port, server.queries
 
 Names not in `records` get NXDOMAIN; a known name without the asked type gets an empty NOERROR.
-Records are sent in the order given.
-Switches make it truncate every UDP answer (TC bit), stay silent, or answer with bytes that are
-not DNS. Built on dnspython's message code and asyncio, so no daemon is needed.
+Records are sent in the order given. `delays` makes some names answer late while others are
+answered at once, concurrently. Switches make it truncate every UDP answer (TC bit), stay silent,
+or answer with bytes that are not DNS. Built on dnspython's message code and asyncio, so no daemon
+is needed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import dns.exception
 import dns.flags
@@ -37,6 +38,8 @@ class DNSServer:
     """Answer DNS queries from `records` ({name: {type: [rdata text, ...]}}) on UDP and TCP.
 
     `rcodes` ({name: "SERVFAIL"}) answers a name with that response code and no records.
+    `delays` ({name: seconds}) sends the answers for a name that much later; other queries are
+    answered meanwhile. `ttl` is the TTL of every record.
     `truncate_udp` answers every UDP query with TC set and no records, so clients retry over TCP.
     `silent` reads queries and never answers; `garbage` answers with bytes that are not DNS.
     `queries` lists what was asked, as (transport, name, type) tuples.
@@ -48,12 +51,16 @@ class DNSServer:
         *,
         host: str = "127.0.0.1",
         rcodes: Mapping[str, str] | None = None,
+        delays: Mapping[str, float] | None = None,
+        ttl: int = TTL,
         truncate_udp: bool = False,
         silent: bool = False,
         garbage: bool = False,
     ) -> None:
         self.records = {_absolute(name): dict(types) for name, types in records.items()}
         self.rcodes = {_absolute(name): dns.rcode.from_text(code) for name, code in (rcodes or {}).items()}
+        self.delays = {_absolute(name): seconds for name, seconds in (delays or {}).items()}
+        self.ttl = ttl
         self.host = host
         self.truncate_udp = truncate_udp
         self.silent = silent
@@ -88,23 +95,30 @@ class DNSServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def reply(self, wire: bytes, transport: str) -> bytes | None:
-        """Return the answer to one query in wire form, or None to stay silent."""
+    def reply(self, wire: bytes, transport: str) -> tuple[bytes | None, float]:
+        """Return the answer to one query in wire form (None to stay silent) and the seconds to wait before sending."""
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
-            return None
+            return None, 0.0
         if not query.question:
-            return None
+            return None, 0.0
         question = query.question[0]
         name = question.name.to_text().lower()
         self.queries.append((transport, name, dns.rdatatype.to_text(question.rdtype)))
         if self.silent:
-            return None
+            return None, 0.0
         if self.garbage:
-            return GARBAGE
+            return GARBAGE, 0.0
         # dnspython shuffles records by default; tests of address fallback need them in the order given.
-        return self._answer(query, question, name, transport).to_wire(want_shuffle=False)
+        answer = self._answer(query, question, name, transport).to_wire(want_shuffle=False)
+        return answer, self.delays.get(name, 0.0)
+
+    def later(self, seconds: float, send: Callable[[], object]) -> None:
+        """Call `send` after `seconds` without holding up other queries; cancelled when the server stops."""
+        task = asyncio.ensure_future(_after(seconds, send))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _answer(self, query: dns.message.Message, question: dns.rrset.RRset, name: str, transport: str):
         response = dns.message.make_response(query)
@@ -116,7 +130,7 @@ class DNSServer:
         elif transport == "udp" and self.truncate_udp:
             response.flags |= dns.flags.TC
         elif texts := self.records[name].get(dns.rdatatype.to_text(question.rdtype)):
-            rrset = dns.rrset.from_text_list(question.name, TTL, dns.rdataclass.IN, question.rdtype, list(texts))
+            rrset = dns.rrset.from_text_list(question.name, self.ttl, dns.rdataclass.IN, question.rdtype, list(texts))
             response.answer.append(rrset)
         return response
 
@@ -125,10 +139,11 @@ class DNSServer:
         with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
             for _ in range(MAX_TCP_QUERIES):
                 (length,) = struct.unpack("!H", await reader.readexactly(2))
-                answer = self.reply(await reader.readexactly(length), "tcp")
+                answer, delay = self.reply(await reader.readexactly(length), "tcp")
                 if answer is None:
                     await reader.read()  # silent: hold the connection until the client gives up
                     break
+                await asyncio.sleep(delay)
                 writer.write(struct.pack("!H", len(answer)) + answer)
                 await writer.drain()
         writer.close()
@@ -143,9 +158,18 @@ class _UDP(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple) -> None:
-        answer = self.server.reply(data, "udp")
-        if answer is not None:
+        answer, delay = self.server.reply(data, "udp")
+        if answer is None:
+            return
+        if delay:
+            self.server.later(delay, lambda: self.transport.sendto(answer, addr))
+        else:
             self.transport.sendto(answer, addr)
+
+
+async def _after(seconds: float, call: Callable[[], object]) -> None:
+    await asyncio.sleep(seconds)
+    call()
 
 
 def _absolute(name: str) -> str:

@@ -13,13 +13,24 @@ import socket
 import time
 from collections.abc import AsyncIterator
 
-from monitor.probes import Status, Target, run_probe, tcp
+import pytest
+
+from monitor.probes import Status, Target, resolver, run_probe, tcp
 from monitor.probes.net import resolve
 from tests.peers.dns_server import DNSServer
 
 TIMEOUT = 2.0
 SHORT_TIMEOUT = 1.0
 GRACE = 0.5
+
+
+@pytest.fixture(autouse=True)
+def fresh_caches():
+    """Start each test with empty resolver caches: a later test's server may get an earlier one's port."""
+    previous = resolver.configuration()
+    resolver.configure(previous.nameservers, previous.hosts_file, previous.resolv_conf)
+    yield
+    resolver.configure(previous.nameservers, previous.hosts_file, previous.resolv_conf)
 
 
 @contextlib.asynccontextmanager
@@ -86,16 +97,16 @@ async def test_ip_family_narrows_the_addresses_tried():
     assert names.queries[1:] == [("udp", "dual.test.", "AAAA")]
 
 
-async def test_any_family_falls_back_from_ipv6_to_ipv4():
-    records = {"dual.test": {"AAAA": ["::1"], "A": ["127.0.0.1"]}}
-    async with DNSServer(records) as names, listening("127.0.0.1") as port:
+async def test_any_family_falls_back_from_ipv4_to_ipv6():
+    records = {"dual.test": {"AAAA": ["::1"], "A": ["127.0.0.2"]}}
+    async with DNSServer(records) as names, listening("::1") as port:
         result = await probe("dual.test", port, names)
 
-    assert (result.status, result.address) == (Status.UP, "127.0.0.1"), result.reason
-    assert result.details["failed_addresses"] == [f"::1: connection refused by ::1 port {port}"]
+    assert (result.status, result.address) == (Status.UP, "::1"), result.reason
+    assert result.details["failed_addresses"] == [f"127.0.0.2: connection refused by 127.0.0.2 port {port}"]
 
 
-async def test_resolve_lists_ipv6_before_ipv4_with_socket_addresses():
+async def test_resolve_lists_ipv4_before_ipv6_with_socket_addresses():
     records = {"dual.test": {"AAAA": ["::1"], "A": ["127.0.0.1", "127.0.0.2"]}}
     async with DNSServer(records) as names:
         options = tcp.Options(resolver=names.address)
@@ -103,9 +114,9 @@ async def test_resolve_lists_ipv6_before_ipv4_with_socket_addresses():
         addresses = await resolve("dual.test", 8080, options, deadline=deadline)
 
     assert addresses == [
-        (socket.AF_INET6, ("::1", 8080, 0, 0)),
         (socket.AF_INET, ("127.0.0.1", 8080)),
         (socket.AF_INET, ("127.0.0.2", 8080)),
+        (socket.AF_INET6, ("::1", 8080, 0, 0)),
     ]
 
 
