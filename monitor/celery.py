@@ -73,9 +73,12 @@ def probe_locations() -> list[str]:
 
 def _start_prober() -> None:
     from monitor.daemon import prober
+    from monitor.probes import resolver
 
     locations = probe_locations()
     if locations:
+        if settings.PORTWATCH_DNS_SERVERS:
+            resolver.configure(nameservers=settings.PORTWATCH_DNS_SERVERS)
         name = f"{socket.gethostname()}:{os.getpid()}"
         prober.start_process_prober(name, locations, max_in_flight=settings.PORTWATCH_MAX_IN_FLIGHT)
 

@@ -58,9 +58,9 @@ def sweep(now: dt.datetime | None = None) -> int:
 
 
 def _watermark(now: dt.datetime) -> dt.datetime:
-    """Return the previous run's moment (created as now on the first run: nothing before it is swept)."""
+    """Return the previous run's moment; the first run looks MAX_BACK back (rows' active_since bounds it)."""
     with transaction.atomic():
-        mark, _ = Watermark.objects.get_or_create(name=WATERMARK, defaults={"moment": now})
+        mark, _ = Watermark.objects.get_or_create(name=WATERMARK, defaults={"moment": now - MAX_BACK})
     return max(mark.moment, now - MAX_BACK)
 
 

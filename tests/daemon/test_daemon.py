@@ -180,7 +180,11 @@ def test_services_of_a_worker_killed_mid_batch_are_probed_again_within_an_interv
             # ... and the service's next slot, at most one interval later, probed it again, so its
             # result came within one interval plus the timeout.
             again = min(row.started_at for row in rows[service_id])
-            mine = [(r.scheduled_at.time(), r.started_at.time(), r.status, r.reason) for r in stack.results() if r.service_id == service_id]
+            mine = [
+                (r.scheduled_at.time(), r.started_at.time(), r.status, r.reason)
+                for r in stack.results()
+                if r.service_id == service_id
+            ]
             assert again - connection.accepted_at <= (INTERVAL + 0.5) * SECOND, "\n".join(map(str, mine))
 
 
@@ -259,3 +263,31 @@ def test_two_dispatchers_and_two_workers_probe_each_service_exactly_once_per_slo
         assert {row.reason for row in mine if row.status == "unknown" and row.scheduled_at > begin + 3 * SECOND} <= {
             "not probed: the worker stopped before the slot"
         }
+
+
+# A real fleet: a healthy service beside tarpits keeps every slot ----------------------------------
+
+
+@pytest.mark.redis
+def test_a_healthy_service_beside_fifty_tarpits_keeps_every_slot_on_time(redis, tmp_path):
+    stack = Stack(tmp_path, None, redis.url)
+    stack.migrate()
+    rounds = 3
+    # The tarpits accept and never answer: each probe holds a socket until its 4 s timeout.
+    with TcpServers(50, delay=60) as tarpits, TcpServers(2) as healthy, celery_processes() as started:
+        tarpit_ids = stack.create_services(services_on(tarpits.ports, timeout=4.0))
+        healthy_ids = stack.create_services(services_on(healthy.ports))
+        started.append(CeleryProcess.worker(stack, "w1", queues=QUEUES, beat=True))  # defaults: 2 processes
+        begin = now() + 3 * SECOND  # probes of slots before the worker was up may be late
+        rows = wait_until(
+            lambda: results_after(stack, healthy_ids + tarpit_ids, begin, count=rounds),
+            timeout=rounds * INTERVAL + 30,
+            what=f"{rounds} rounds of every service",
+        )
+    for service_id in healthy_ids:
+        mine = sorted(rows[service_id], key=lambda row: row.scheduled_at)
+        assert {row.status for row in mine} == {"up"}
+        assert {b.scheduled_at - a.scheduled_at for a, b in itertools.pairwise(mine)} == {INTERVAL * SECOND}
+        assert all(row.started_at - row.scheduled_at < ON_TIME * SECOND for row in mine)
+    for service_id in tarpit_ids:
+        assert {(row.status, row.failure) for row in rows[service_id]} == {("down", "timeout")}

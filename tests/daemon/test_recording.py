@@ -10,9 +10,9 @@ import pytest
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 
+from monitor.daemon.recording import Outcome, record
 from monitor.models import Incident, ProbeResult, Service, ServiceState, StatusChange
 from monitor.probes import Failure, Phases, Result, Status, Target, TLSFacts, parse_options, run_probe
-from monitor.daemon.recording import Outcome, record
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -361,3 +361,50 @@ def test_it_records_outcomes_of_real_probes_of_a_local_server():
     assert rows[0].total > 0 and rows[0].address == "127.0.0.1"
     assert changes_of(service) == [("unknown", "up"), ("up", "down")]
     assert Incident.objects.get().started_at == T0 + STEP + LAG
+
+
+def test_two_processes_recording_at_once_on_sqlite_lose_nothing(tmp_path):
+    """Embedded mode can run several worker processes on one SQLite file: each slot recorded, none lost."""
+    if connection.vendor != "sqlite":
+        pytest.skip("about SQLite's single writer; PostgreSQL is covered by the row-lock test above")
+    from tests.peers.services import ROOT, Stack
+
+    stack = Stack(tmp_path)
+    stack.migrate()
+    [service_id] = stack.create_services([{"name": "s", "host": "127.0.0.1", "port": 9, "protocol": "tcp"}])
+    writer = f"""
+        import datetime as dt, sys
+        from monitor.daemon.recording import Outcome, record
+        from monitor.probes import Phases, Result, Status
+        base = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+        part = int(sys.argv[1])
+        stored = 0
+        for batch in range(40):
+            outcomes = [
+                Outcome({service_id}, "default", base + dt.timedelta(seconds=slot), base + dt.timedelta(seconds=slot),
+                        Result(Status.UP, None, "ok", Phases(total=0.001)))
+                for slot in range(part * 10_000 + batch * 25, part * 10_000 + batch * 25 + 25)
+            ]
+            stored += record(outcomes)
+        print(stored)
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    script = "import django\ndjango.setup()\n" + textwrap.dedent(writer)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(part)],
+            env=stack.env(),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for part in (0, 1)
+    ]
+    outputs = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    assert [int(out) for out, _ in outputs] == [1000, 1000]
+    assert len(stack.results()) == 2000

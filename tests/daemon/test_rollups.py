@@ -1,4 +1,4 @@
-"""Rollups: hourly and daily rows equal a by-hand computation over raw results; readers equal raw truth."""
+"""Rollups: hourly and daily rows equal a by-hand computation over raw results, unknown results counted apart."""
 
 from __future__ import annotations
 
@@ -7,21 +7,31 @@ import random
 
 import pytest
 
-from monitor.daemon import rollups
+from monitor.daemon import retention, rollups
+from monitor.daemon.recording import Outcome, record
 from monitor.models import DailyRollup, HourlyRollup, ProbeResult, Service
 from monitor.models.history import PHASES
-from monitor.probes import Phases, Result, Status
-from monitor.daemon.recording import Outcome, record
+from monitor.probes import Failure, Phases, Result, Status
+from monitor.stats import nearest_rank
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
 NOW = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.UTC)
-HOUR, DAY = dt.timedelta(hours=1), dt.timedelta(days=1)
+MINUTE, HOUR, DAY = dt.timedelta(minutes=1), dt.timedelta(hours=1), dt.timedelta(days=1)
 PAIRS = [("alpha", "default"), ("alpha", "eu"), ("beta", "default")]
+UP = Result(Status.UP, None, "ok", Phases(connect=0.01, total=0.02))
+DOWN = Result(Status.DOWN, Failure.REFUSED, "refused", Phases(connect=0.001, total=0.001))
+MISSED = Result(Status.UNKNOWN, Failure.MISSED, "no worker took the slot", Phases())
 
 
 def make_service(name: str) -> Service:
     return Service.objects.create(name=name, host="127.0.0.1", port=25, protocol="tcp", locations="default,eu")
+
+
+def probe_at(service: Service, *moments: dt.datetime, results: list[Result] | None = None) -> None:
+    """Record one result per moment, each in its own slot (UP unless `results` says otherwise)."""
+    results = results or [UP] * len(moments)
+    record([Outcome(service.id, "default", at, at, result) for at, result in zip(moments, results, strict=True)])
 
 
 def make_history(start: dt.datetime, end: dt.datetime, step: dt.timedelta, seed: int = 7) -> dict[str, Service]:
@@ -32,7 +42,7 @@ def make_history(start: dt.datetime, end: dt.datetime, step: dt.timedelta, seed:
     for name, location in PAIRS:
         moment = start + dt.timedelta(seconds=rng.randrange(60))
         while moment < end:
-            status = rng.choices(["up", "warning", "down"], weights=[80, 10, 10])[0]
+            status = rng.choices(["up", "warning", "down", "unknown"], weights=[74, 9, 9, 8])[0]
             phases = {phase: round(rng.uniform(0.0005, 0.2), 6) for phase in PHASES}
             rows.append(
                 ProbeResult(
@@ -41,6 +51,7 @@ def make_history(start: dt.datetime, end: dt.datetime, step: dt.timedelta, seed:
                     scheduled_at=moment,
                     started_at=moment,
                     status=status,
+                    failure="missed" if status == "unknown" else "",
                     reason="by hand",
                     **phases,
                 )
@@ -68,8 +79,8 @@ def raw_rows(service: Service, location: str, since: dt.datetime, until: dt.date
     )
 
 
-def by_hand(rows: list[ProbeResult]) -> tuple[int, int, dict]:
-    """Count, up count and {phase: {min, avg, max, p95}} computed directly; p95 is the ceil(95% n)-th value."""
+def by_hand(rows: list[ProbeResult]) -> tuple[int, int, int, dict]:
+    """Count, up, unknown and {phase: {min, avg, max, p95}} computed directly; p95 is the ceil(95% n)-th value."""
     good = [row for row in rows if row.status in ("up", "warning")]
     latency = {}
     for phase in PHASES if good else ():
@@ -81,14 +92,18 @@ def by_hand(rows: list[ProbeResult]) -> tuple[int, int, dict]:
             "max": values[-1],
             "p95": values[rank - 1],
         }
-    return len(rows), len(good), latency
+    return len(rows), len(good), sum(row.status == "unknown" for row in rows), latency
+
+
+def stored(rollup) -> tuple[int, int, int, dict]:
+    return rollup.count, rollup.up_count, rollup.unknown_count, rollup.latency
 
 
 def test_nearest_rank_takes_the_ceil_of_95_percent_of_n():
-    assert rollups.nearest_rank(list(range(1, 21))) == 19
-    assert rollups.nearest_rank(list(range(1, 101))) == 95
-    assert rollups.nearest_rank(list(range(1, 102))) == 96
-    assert rollups.nearest_rank([0.5]) == 0.5
+    assert nearest_rank(list(range(1, 21))) == 19
+    assert nearest_rank(list(range(1, 101))) == 95
+    assert nearest_rank(list(range(1, 102))) == 96
+    assert nearest_rank([0.5]) == 0.5
 
 
 def test_hourly_rollups_equal_a_by_hand_computation_over_the_raw_results():
@@ -96,11 +111,10 @@ def test_hourly_rollups_equal_a_by_hand_computation_over_the_raw_results():
     rollups.update_rollups(NOW)
     # Complete hours only: the current one, and the last one until GRACE has passed, stay raw.
     complete = [NOW - n * HOUR for n in range(5, 1, -1)]
-    stored = {(r.service.name, r.location, r.start): r for r in HourlyRollup.objects.select_related("service")}
-    assert set(stored) == {(name, location, hour) for name, location in PAIRS for hour in complete}
-    for (name, location, hour), rollup in stored.items():
-        expected = by_hand(raw_rows(services[name], location, hour, hour + HOUR))
-        assert (rollup.count, rollup.up_count, rollup.latency) == expected
+    rows = {(r.service.name, r.location, r.start): r for r in HourlyRollup.objects.select_related("service")}
+    assert set(rows) == {(name, location, hour) for name, location in PAIRS for hour in complete}
+    for (name, location, hour), rollup in rows.items():
+        assert stored(rollup) == by_hand(raw_rows(services[name], location, hour, hour + HOUR))
 
 
 def test_daily_rollups_equal_a_by_hand_computation_over_the_raw_results():
@@ -110,29 +124,46 @@ def test_daily_rollups_equal_a_by_hand_computation_over_the_raw_results():
     days = {(r.service.name, r.location, r.start): r for r in DailyRollup.objects.select_related("service")}
     assert {start for _, _, start in days} == {start, start + DAY}  # today is not complete
     for (name, location, day), rollup in days.items():
-        expected = by_hand(raw_rows(services[name], location, day, day + DAY))
-        assert (rollup.count, rollup.up_count, rollup.latency) == expected
+        assert stored(rollup) == by_hand(raw_rows(services[name], location, day, day + DAY))
+
+
+def test_unknown_results_are_counted_apart_from_up_and_down_in_hourly_and_daily_rollups():
+    service = make_service("alpha")
+    hour = NOW.replace(hour=0) - DAY + 3 * HOUR
+    results = [UP] * 6 + [DOWN] * 2 + [MISSED] * 2
+    probe_at(service, *(hour + n * 5 * MINUTE for n in range(10)), results=results)
+    roll_up_history(NOW - DAY, NOW)
+    for rollup in (HourlyRollup.objects.get(), DailyRollup.objects.get()):
+        assert (rollup.count, rollup.up_count, rollup.unknown_count, rollup.down_count) == (10, 6, 2, 2)
+        assert rollup.uptime == 0.75
+        assert rollup.latency["connect"]["max"] == 0.01  # the good probes' timings only
 
 
 def test_an_hour_without_a_good_probe_has_counts_and_no_latency():
     service = make_service("alpha")
-    down = Result(Status.DOWN, None, "refused", Phases(connect=0.001, total=0.001))
-    record([Outcome(service.id, "default", NOW - 2 * HOUR, NOW - 2 * HOUR, down)])
+    probe_at(service, NOW - 2 * HOUR, results=[DOWN])
     rollups.update_rollups(NOW)
     rollup = HourlyRollup.objects.get()
-    assert (rollup.count, rollup.up_count, rollup.latency, rollup.uptime) == (1, 0, {}, 0.0)
+    assert (rollup.count, rollup.up_count, rollup.unknown_count, rollup.latency, rollup.uptime) == (1, 0, 0, {}, 0.0)
+
+
+def test_an_hour_of_missed_slots_only_has_no_uptime():
+    service = make_service("alpha")
+    probe_at(service, NOW - 2 * HOUR, results=[MISSED])
+    rollups.update_rollups(NOW)
+    rollup = HourlyRollup.objects.get()
+    assert (rollup.count, rollup.unknown_count, rollup.down_count, rollup.uptime) == (1, 1, 0, None)
 
 
 def test_a_result_recorded_late_into_a_rolled_hour_is_rolled_up_by_the_next_run():
     service = make_service("alpha")
     hour = NOW - 2 * HOUR
-    up = Result(Status.UP, None, "ok", Phases(connect=0.01, total=0.02))
-    record([Outcome(service.id, "default", hour, hour, up)])
+    probe_at(service, hour)
     assert rollups.update_rollups(NOW) == 1
     assert rollups.update_rollups(NOW) == 0  # nothing new: nothing recomputed
-    record([Outcome(service.id, "default", hour + dt.timedelta(minutes=59), hour + dt.timedelta(minutes=59), up)])
-    assert rollups.update_rollups(NOW + dt.timedelta(minutes=1)) == 1
-    assert HourlyRollup.objects.get(start=hour).count == 2
+    probe_at(service, hour + 59 * MINUTE, results=[MISSED])
+    assert rollups.update_rollups(NOW + MINUTE) == 1
+    assert stored(HourlyRollup.objects.get(start=hour))[:3] == (2, 1, 1)
 
 
 def test_a_backlog_is_caught_up_a_bounded_number_of_hours_per_run():
@@ -144,44 +175,37 @@ def test_a_backlog_is_caught_up_a_bounded_number_of_hours_per_run():
     assert HourlyRollup.objects.values("start").distinct().count() == 29  # all complete hours
 
 
-@pytest.fixture
-def month() -> dict[str, Service]:
-    """31 days of results every 23 minutes, rolled up as the daemon would have; the last hour or so stays raw."""
-    start = NOW - 31 * DAY
-    services = make_history(start, NOW, dt.timedelta(minutes=23))
-    roll_up_history(start, NOW)
-    return services
+def test_with_one_day_of_retention_a_daily_rollup_is_built_for_yesterday(settings):
+    settings.PORTWATCH_RESULT_RETENTION_DAYS = 1
+    yesterday = NOW.replace(hour=0) - DAY
+    services = make_history(yesterday, NOW, dt.timedelta(minutes=10))
+    roll_up_history(yesterday, NOW)
+    days = {(r.service.name, r.location): r for r in DailyRollup.objects.select_related("service")}
+    assert set(DailyRollup.objects.values_list("start", flat=True)) == {yesterday}
+    for (name, location), rollup in days.items():
+        assert stored(rollup) == by_hand(raw_rows(services[name], location, yesterday, yesterday + DAY))
 
 
-def truth(services: dict[str, Service], name: str, location: str, since: dt.datetime, until: dt.datetime):
-    rows = raw_rows(services[name], location, since, until)
-    return sum(row.status in ("up", "warning") for row in rows) / len(rows), by_hand(rows)[2]
-
-
-@pytest.mark.parametrize("window", [DAY, 7 * DAY, 30 * DAY], ids=["24h", "7d", "30d"])
-def test_uptime_and_latency_over_a_window_equal_the_raw_truth(month, window):
-    until = NOW - dt.timedelta(minutes=7)  # inside the stretch not rolled up yet
-    since = until - window
-    for name, location in PAIRS:
-        expected_uptime, expected_latency = truth(month, name, location, since, until)
-        assert rollups.uptime(month[name].id, location, since, until) == pytest.approx(expected_uptime, rel=1e-12)
-        summary = rollups.latency_summary(month[name].id, location, since, until)
-        for phase in PHASES:
-            for stat in ("min", "avg", "max"):
-                assert summary[phase][stat] == expected_latency[phase][stat]
-
-
-def test_uptime_reads_rollups_and_survives_the_raw_results_being_pruned(month):
-    until = NOW - dt.timedelta(minutes=7)
-    since = until - 30 * DAY
-    expected = {pair: truth(month, *pair, since.replace(minute=0), until)[0] for pair in PAIRS}
-    ProbeResult.objects.filter(started_at__lt=NOW - 2 * DAY).delete()
-    for name, location in PAIRS:
-        # The first, partial hour's raw rows are gone: the window counts that whole hour from its rollup.
-        assert rollups.uptime(month[name].id, location, since, until) == pytest.approx(expected[(name, location)])
-
-
-def test_uptime_of_a_window_without_probes_is_none():
+def test_a_rollup_is_never_recomputed_from_fewer_raw_results_than_it_counted():
     service = make_service("alpha")
-    assert rollups.uptime(service.id, "default", NOW - DAY, NOW) is None
-    assert rollups.latency_summary(service.id, "default", NOW - DAY, NOW) == {}
+    hour = NOW - 2 * HOUR
+    probe_at(service, *(hour + n * 10 * MINUTE for n in range(6)))
+    rollups.update_rollups(NOW)
+    ProbeResult.objects.filter(started_at__lt=hour + 30 * MINUTE).delete()  # as a prune would
+    assert rollups.update_rollups(NOW + MINUTE) == 0
+    assert HourlyRollup.objects.get(start=hour).count == 6
+
+
+def test_a_day_recomputed_after_prune_took_part_of_it_is_merged_from_its_hours(settings):
+    settings.PORTWATCH_RESULT_RETENTION_DAYS = 1
+    yesterday = NOW.replace(hour=0) - DAY
+    service = make_service("alpha")
+    probe_at(service, *(yesterday + n * 30 * MINUTE for n in range(48)))
+    roll_up_history(yesterday, yesterday + DAY + rollups.GRACE + MINUTE)
+    an_hour_later = yesterday + DAY + HOUR
+    assert retention.prune(an_hour_later)["results"] == 2  # yesterday's first hour: past a day, and rolled up
+    probe_at(service, yesterday + DAY - 5 * MINUTE, results=[MISSED])  # recorded late, into the last hour
+    rollups.update_rollups(an_hour_later)
+    daily = DailyRollup.objects.get(start=yesterday)
+    assert stored(daily)[:3] == (49, 48, 1)  # not 47 from the raw rows left
+    assert daily.latency["total"]["max"] == 0.02

@@ -13,8 +13,8 @@ from collections import Counter
 import pytest
 
 from monitor.daemon import scheduling
-from monitor.models import Schedule, Service
 from monitor.daemon.scheduling import Claim, claim_due, next_slot, on_grid, slot_offset
+from monitor.models import ProbeResult, Schedule, Service
 from tests.peers.services import scratch_stack
 
 SECOND = dt.timedelta(seconds=1)
@@ -273,3 +273,42 @@ def test_concurrent_dispatchers_never_claim_the_same_slot_and_together_claim_all
     everything = [tuple(claim) for per_dispatcher in claimed for claim in per_dispatcher]
     assert len(everything) == len(set(everything)) == 120
     assert sum(1 for per_dispatcher in claimed if per_dispatcher) >= 2  # they really did compete
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres
+def test_slots_a_late_dispatcher_skipped_are_recorded_as_missed_saying_how_late():
+    service = make_service("web", interval=60)
+    slot = due_at(service)
+    assert claim_due(slot + 12 * SECOND) == []  # 12 s late: past the 10 s limit
+    [missed] = ProbeResult.objects.filter(service=service)
+    assert (missed.scheduled_at, missed.status, missed.failure) == (slot, "unknown", "missed")
+    assert missed.reason == (
+        "not probed: the dispatcher reached this slot 12.0 s late (the limit is 10 s); the next slot was probed instead"
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres
+def test_an_interval_change_while_a_probe_is_in_flight_never_probes_again_right_after_it():
+    service = make_service("web", interval=60)
+    slot = due_at(service)
+    [claim] = claim_due(slot)  # in flight now
+    for interval in (30, 10, 7):
+        service.interval = interval
+        service.save()
+        assert due_at(service) - claim.slot >= dt.timedelta(seconds=interval / 2)
+        assert on_grid(due_at(service), interval, slot_offset(service.id, "default", interval))
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres
+def test_disabling_a_service_pauses_it_and_re_enabling_starts_a_fresh_grid_row():
+    service = make_service("web", interval=60)
+    service.enabled = False
+    service.save()
+    assert not Schedule.objects.filter(service=service).exists()
+    service.enabled = True
+    service.save()
+    row = Schedule.objects.get(service=service)
+    assert row.active_since <= row.due_at
