@@ -53,8 +53,8 @@ def _account_unserved(claims: list[scheduling.Claim], served: set[str]) -> None:
             [recording.Outcome.missed(c.service_id, c.location, c.slot, reason(c.location)) for c in claims]
         )
     for location in {claim.location for claim in claims} - _purged:
+        _purged.add(location)  # once per spell unserved, even if the broker refused: no warning every tick
         _purge(f"probe.{location}")
-        _purged.add(location)
     _purged.difference_update(served)  # served again: empty its queue again should it lose its workers
 
 
