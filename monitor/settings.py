@@ -11,10 +11,12 @@ from pathlib import Path
 
 from monitor.config import (
     database_from_url,
+    env_base_url,
     env_bool,
     env_int,
     env_list,
     env_path,
+    env_secret_key,
     env_str,
     load_secret_key,
     sqlite_database,
@@ -27,9 +29,27 @@ DATA_DIR = env_path("PORTWATCH_DATA_DIR", BASE_DIR / "var", base=BASE_DIR)
 with contextlib.suppress(OSError):  # the portwatch.E001 system check reports it with a hint
     DATA_DIR.mkdir(parents=True, exist_ok=True)
 
-SECRET_KEY = env_str("DJANGO_SECRET_KEY") or load_secret_key(DATA_DIR / "secret_key")
+SECRET_KEY = env_secret_key("DJANGO_SECRET_KEY") or load_secret_key(DATA_DIR / "secret_key")
 DEBUG = env_bool("PORTWATCH_DEBUG", default=False)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"])
+
+# Behind a TLS-terminating reverse proxy (deploy/systemd/README.md). Without these the admin login
+# there failed CSRF's origin check with 403: the browser sent Origin https://host, Django saw http.
+# PORTWATCH_BASE_URL is the address people use: a trusted origin and, when https, secure cookies
+# and a redirect of plain http to https. Unset (the embedded mode), all of it stays off.
+PORTWATCH_BASE_URL = env_base_url("PORTWATCH_BASE_URL")
+CSRF_TRUSTED_ORIGINS = [PORTWATCH_BASE_URL] if PORTWATCH_BASE_URL else []
+SECURE_SSL_REDIRECT = bool(PORTWATCH_BASE_URL and PORTWATCH_BASE_URL.startswith("https://"))
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_SSL_REDIRECT
+# Take the proxy's X-Forwarded-Proto as the scheme. Safe only because nothing but the proxy can
+# reach gunicorn (it binds 127.0.0.1) and the proxy overwrites any X-Forwarded-Proto a client sends.
+PORTWATCH_BEHIND_PROXY = env_bool("PORTWATCH_BEHIND_PROXY", default=False)
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if PORTWATCH_BEHIND_PROXY else None
+# HSTS: browsers then refuse plain http to this host for that long, so it is off until asked for;
+# at most two years (63072000), the value hstspreload.org recommends.
+SECURE_HSTS_SECONDS = env_int("PORTWATCH_HSTS_SECONDS", 0, minimum=0, maximum=2 * 365 * 24 * 3600)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("PORTWATCH_HSTS_INCLUDE_SUBDOMAINS", default=False)
+SECURE_HSTS_PRELOAD = env_bool("PORTWATCH_HSTS_PRELOAD", default=False)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -75,6 +95,11 @@ DATABASES = {
     if DATABASE_URL
     else sqlite_database(DATA_DIR / "portwatch.sqlite3")
 }
+if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # Keep connections: a new PostgreSQL backend costs ~6 ms of its CPU (measured here), and workers
+    # run several tasks a second. Health checks ping a kept connection before its first use in a
+    # task or request, so one broken by a database restart is replaced instead of failing.
+    DATABASES["default"] |= {"CONN_MAX_AGE": 300, "CONN_HEALTH_CHECKS": True}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -144,12 +169,17 @@ CELERY_BEAT_SCHEDULE = {
     "dispatch": {"task": "portwatch.dispatch", "schedule": 1.0, "options": {"expires": 1.0}},
     "update-rollups": {"task": "portwatch.update_rollups", "schedule": 60.0, "options": {"expires": 55.0}},
     "prune": {"task": "portwatch.prune", "schedule": 3600.0, "options": {"expires": 3300.0}},
+    "sweep": {"task": "portwatch.sweep", "schedule": 15.0, "options": {"expires": 14.0}},
 }
 
 # The daemon. Each is read once here; `docs/architecture.md` shows where they act.
 PORTWATCH_LOCATION = env_str("PORTWATCH_LOCATION", "default")  # the location a worker probes from
 PORTWATCH_BATCH_SIZE = env_int("PORTWATCH_BATCH_SIZE", 50, minimum=1, maximum=5000)  # checks per task
 PORTWATCH_WORKER_CONCURRENCY = env_int("PORTWATCH_WORKER_CONCURRENCY", 2, minimum=1, maximum=256)  # processes
+# Probes one worker process keeps running at once (each holds a socket); jobs waiting for their slot don't count.
+PORTWATCH_MAX_IN_FLIGHT = env_int("PORTWATCH_MAX_IN_FLIGHT", 2000, minimum=1, maximum=100_000)
+# DNS servers (IP or IP:port) that probes resolve host names with, instead of /etc/resolv.conf's.
+PORTWATCH_DNS_SERVERS = env_list("PORTWATCH_DNS_SERVERS", [])
 PORTWATCH_RESULT_RETENTION_DAYS = env_int("PORTWATCH_RESULT_RETENTION_DAYS", 7, minimum=1, maximum=3650)
 PORTWATCH_HOURLY_RETENTION_DAYS = env_int("PORTWATCH_HOURLY_RETENTION_DAYS", 400, minimum=1, maximum=36500)
 CELERY_WORKER_CONCURRENCY = PORTWATCH_WORKER_CONCURRENCY  # a plain `celery worker` honours it too
