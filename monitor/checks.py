@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, register
+from django.http.request import validate_host
 
 
 @register()
@@ -28,3 +30,24 @@ def check_data_dir(app_configs: Any = None, **kwargs: Any) -> list[Error]:
             )
         ]
     return []
+
+
+@register()
+def check_base_url_host(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    """Report portwatch.E002 when PORTWATCH_BASE_URL's host is not in ALLOWED_HOSTS: Django would answer it 400."""
+    base_url = getattr(settings, "PORTWATCH_BASE_URL", None)
+    if not base_url:
+        return []
+    host = urllib.parse.urlsplit(base_url).hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # ALLOWED_HOSTS writes an IPv6 address in brackets
+    if validate_host(host, settings.ALLOWED_HOSTS):
+        return []
+    return [
+        Error(
+            f"PORTWATCH_BASE_URL is {base_url}, but its host {host} is not in ALLOWED_HOSTS, "
+            "so the site would answer every request there with 400 Bad Request.",
+            hint=f"Add {host} to ALLOWED_HOSTS (comma-separated).",
+            id="portwatch.E002",
+        )
+    ]

@@ -1,13 +1,14 @@
 """Typed readers for settings from environment variables, failing loudly with the variable's name.
 
-Exposes `env_str`, `env_bool`, `env_int`, `env_list`, `env_path`, `database_from_url` and
-`load_secret_key`; `monitor/settings.py` is built from them. Every error is ImproperlyConfigured
+Exposes `env_str`, `env_bool`, `env_int`, `env_list`, `env_path`, `env_base_url`, `env_secret_key`,
+`database_from_url` and `load_secret_key`; `monitor/settings.py` is built from them. Every error is ImproperlyConfigured
 with a sentence naming the variable, what it holds and what is allowed.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import tempfile
 import urllib.parse
@@ -20,6 +21,9 @@ from django.core.exceptions import ImproperlyConfigured
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 SECRET_KEY_BYTES = 50  # token_urlsafe(50) gives 67 characters, above Django's 50-character minimum check
+SECRET_KEY_PLACEHOLDER = "CHANGE-ME"  # what deploy/systemd/env.example ships in place of every secret
+MAKE_SECRET_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+BASE_URL_SCHEMES = ("https", "http")
 POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql")
 DEFAULT_POSTGRES_PORT = 5432
 
@@ -95,6 +99,50 @@ def env_path(name: str, default: Path, *, base: Path, environ: Mapping[str, str]
         return default
     path = Path(value).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def env_base_url(name: str, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """Return the site's public origin (`https://host[:port]`, lower case, no trailing slash), or None when unset.
+
+    Only an origin is accepted: Portwatch is served at the root of its host, and CSRF compares origins.
+    """
+    value = _raw(name, environ)
+    if value is None:
+        return None
+    example = "e.g. https://portwatch.example.com"
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme.lower() not in BASE_URL_SCHEMES or not parts.hostname:
+        raise ImproperlyConfigured(f"{name} must be https://host or http://host ({example}), got {value!r}")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username is not None:
+        raise ImproperlyConfigured(
+            f"{name} must be the site's address without a path or anything else ({example}), got {value!r}"
+        )
+    try:
+        port = parts.port
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} has a port that is not a number from 1 to 65535, got {value!r}") from None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname  # urlsplit drops an IPv6 host's brackets
+    return f"{parts.scheme.lower()}://{host}" + (f":{port}" if port is not None else "")
+
+
+def env_secret_key(name: str, *, environ: Mapping[str, str] | None = None) -> str | None:
+    """Return the secret key the variable holds, or None when unset; refuse env.example's placeholder.
+
+    Anyone who has read env.example knows a key containing CHANGE-ME, and with it can forge
+    sessions: so it stops the start instead of running with it. Dashes, underscores and spaces are
+    ignored in the comparison ("change_me" counts too); the value is never echoed.
+    """
+    value = _raw(name, environ)
+    if value is not None and _squash(SECRET_KEY_PLACEHOLDER) in _squash(value):
+        raise ImproperlyConfigured(
+            f"{name} still holds the placeholder {SECRET_KEY_PLACEHOLDER}; set it to a long random value, "
+            f"e.g. the output of: {MAKE_SECRET_KEY}"
+        )
+    return value
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"[-_\s]", "", text).lower()
 
 
 def database_from_url(url: str, *, name: str = "DATABASE_URL", base: Path) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 Exposes `export_services()` (YAML text of every service, defaults left out, by name),
 `plan_import(text)` (parse and validate the whole file against the database: a `Plan`, or
 `ServicesFileError` listing every problem by service and field), `apply(plan, prune=...)` (write
-it in one transaction) and `Plan.summary()`. Importing what was exported changes nothing.
+it in one transaction), `Plan.summary()` and `Plan.refuse_emptying()`. Importing what was exported
+changes nothing.
 """
 
 from __future__ import annotations
@@ -80,6 +81,22 @@ class Plan:
 
     def count(self, action: str) -> int:
         return sum(change.action == action for change in self.changes)
+
+    def refuse_emptying(self, *, allow_empty: bool) -> None:
+        """Raise ServicesFileError when pruning would delete every service because the file lists none.
+
+        An empty `services:` is what a file with every entry commented out, or a bad template, reads
+        as; pruning with it would wipe every service and its history without a word.
+        """
+        if self.changes or not self.absent or allow_empty:
+            return
+        count = len(self.absent)
+        raise ServicesFileError(
+            [
+                f"The file lists no services, so --prune would delete every service in the database "
+                f"({count} service{'' if count == 1 else 's'}); add --allow-empty to do that."
+            ]
+        )
 
     def summary(self, *, prune: bool) -> str:
         """Return "1 created, 2 updated, 3 unchanged" (and ", N deleted" with prune, or how many were kept)."""
@@ -297,11 +314,14 @@ def _change(service: Service, before: dict[str, Any] | None) -> Change:
 # Import: write ----------------------------------------------------------------------------------
 
 
-def apply(plan: Plan, *, prune: bool = False) -> None:
+def apply(plan: Plan, *, prune: bool = False, allow_empty: bool = False) -> None:
     """Write the plan in one transaction: create and update services, and with `prune` delete the absent ones.
 
-    Unchanged services are not saved, so their `updated` time stays as it was.
+    Unchanged services are not saved, so their `updated` time stays as it was. Pruning with a file
+    that lists no services raises ServicesFileError unless `allow_empty`.
     """
+    if prune:
+        plan.refuse_emptying(allow_empty=allow_empty)
     with transaction.atomic():
         for change in plan.changes:
             if change.action != "unchanged":

@@ -14,7 +14,17 @@ from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 
-from monitor.config import database_from_url, env_bool, env_int, env_list, env_path, env_str, load_secret_key
+from monitor.config import (
+    database_from_url,
+    env_base_url,
+    env_bool,
+    env_int,
+    env_list,
+    env_path,
+    env_secret_key,
+    env_str,
+    load_secret_key,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = Path("/srv/portwatch")
@@ -32,6 +42,27 @@ def settings_in_subprocess(tmp_path: Path, **env: str) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-c", program], cwd=ROOT, env=clean_env, capture_output=True, text=True, timeout=30
     )
+
+
+def security_in_subprocess(tmp_path: Path, **env: str) -> dict:
+    """Return the security and proxy settings monitor.settings chose in a fresh interpreter with only `env` set."""
+    names = [
+        "CSRF_TRUSTED_ORIGINS",
+        "SECURE_SSL_REDIRECT",
+        "SESSION_COOKIE_SECURE",
+        "CSRF_COOKIE_SECURE",
+        "SECURE_PROXY_SSL_HEADER",
+        "SECURE_HSTS_SECONDS",
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS",
+        "SECURE_HSTS_PRELOAD",
+    ]
+    program = f"import json, monitor.settings as s; print(json.dumps({{n: getattr(s, n) for n in {names!r}}}))"
+    clean_env = {"PATH": os.environ["PATH"], "PORTWATCH_DATA_DIR": str(tmp_path), **env}
+    run = subprocess.run(
+        [sys.executable, "-c", program], cwd=ROOT, env=clean_env, capture_output=True, text=True, timeout=30
+    )
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
 
 
 def test_env_str_returns_the_value_or_the_default_when_unset_or_blank():
@@ -109,6 +140,83 @@ def test_env_path_takes_relative_paths_from_the_base_not_the_working_directory()
     )
     assert env_path("PORTWATCH_DATA_DIR", BASE / "var", base=BASE, environ={"PORTWATCH_DATA_DIR": "/d"}) == Path("/d")
     assert env_path("PORTWATCH_DATA_DIR", BASE / "var", base=BASE, environ={}) == BASE / "var"
+
+
+@pytest.mark.parametrize(
+    ("value", "origin"),
+    [
+        ("https://portwatch.example.com", "https://portwatch.example.com"),
+        (" HTTPS://Portwatch.Example.COM/ ", "https://portwatch.example.com"),
+        ("https://portwatch.example.com:8443", "https://portwatch.example.com:8443"),
+        ("http://[::1]:8000", "http://[::1]:8000"),
+    ],
+)
+def test_env_base_url_returns_the_origin_in_lower_case_without_a_slash(value, origin):
+    assert env_base_url("PORTWATCH_BASE_URL", environ={"PORTWATCH_BASE_URL": value}) == origin
+
+
+def test_env_base_url_is_none_when_unset():
+    assert env_base_url("PORTWATCH_BASE_URL", environ={}) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "portwatch.example.com",
+            "PORTWATCH_BASE_URL must be https://host or http://host (e.g. https://portwatch.example.com), "
+            "got 'portwatch.example.com'",
+        ),
+        (
+            "ftp://portwatch.example.com",
+            "PORTWATCH_BASE_URL must be https://host or http://host (e.g. https://portwatch.example.com), "
+            "got 'ftp://portwatch.example.com'",
+        ),
+        (
+            "https://portwatch.example.com/monitor/",
+            "PORTWATCH_BASE_URL must be the site's address without a path or anything else "
+            "(e.g. https://portwatch.example.com), got 'https://portwatch.example.com/monitor/'",
+        ),
+        (
+            "https://admin@portwatch.example.com",
+            "PORTWATCH_BASE_URL must be the site's address without a path or anything else "
+            "(e.g. https://portwatch.example.com), got 'https://admin@portwatch.example.com'",
+        ),
+        (
+            "https://portwatch.example.com:99999",
+            "PORTWATCH_BASE_URL has a port that is not a number from 1 to 65535, "
+            "got 'https://portwatch.example.com:99999'",
+        ),
+    ],
+)
+def test_env_base_url_refuses_anything_but_an_origin(value, message):
+    with pytest.raises(ImproperlyConfigured) as error:
+        env_base_url("PORTWATCH_BASE_URL", environ={"PORTWATCH_BASE_URL": value})
+    assert str(error.value) == message
+
+
+PLACEHOLDER_MESSAGE = (
+    "DJANGO_SECRET_KEY still holds the placeholder CHANGE-ME; set it to a long random value, "
+    "e.g. the output of: python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
+)
+
+
+@pytest.mark.parametrize("value", ["CHANGE-ME", "change-me", "Change_Me", "my-CHANGE-ME-key-0123456789"])
+def test_a_placeholder_secret_key_is_refused_saying_how_to_make_one(value):
+    with pytest.raises(ImproperlyConfigured) as error:
+        env_secret_key("DJANGO_SECRET_KEY", environ={"DJANGO_SECRET_KEY": value})
+    assert str(error.value) == PLACEHOLDER_MESSAGE
+
+
+def test_a_real_secret_key_is_returned_as_it_is():
+    key = "Zq3-7u_kH1vTxN0pLw8sYc2bRf5dGj9mEaKo4iU6tP-QrS1wVx7yZ0aB3cD5eF8g"
+    assert env_secret_key("DJANGO_SECRET_KEY", environ={"DJANGO_SECRET_KEY": key}) == key
+
+
+def test_the_placeholder_secret_key_of_env_example_stops_the_start(tmp_path):
+    run = settings_in_subprocess(tmp_path, DJANGO_SECRET_KEY="CHANGE-ME")
+    assert run.returncode != 0
+    assert run.stderr.strip().endswith(f"ImproperlyConfigured: {PLACEHOLDER_MESSAGE}")
 
 
 def test_database_url_for_an_absolute_sqlite_file():
@@ -220,6 +328,56 @@ def test_settings_take_database_redis_and_hosts_from_the_environment(tmp_path):
     assert (chosen["hosts"], chosen["debug"]) == (["watch.example.org"], True)
 
 
+def test_the_embedded_mode_trusts_no_proxy_and_sets_no_https_only_cookies(tmp_path):
+    assert security_in_subprocess(tmp_path) == {
+        "CSRF_TRUSTED_ORIGINS": [],
+        "SECURE_SSL_REDIRECT": False,
+        "SESSION_COOKIE_SECURE": False,
+        "CSRF_COOKIE_SECURE": False,
+        "SECURE_PROXY_SSL_HEADER": None,
+        "SECURE_HSTS_SECONDS": 0,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": False,
+        "SECURE_HSTS_PRELOAD": False,
+    }
+
+
+def test_an_https_base_url_behind_a_proxy_trusts_its_origin_and_its_scheme_header(tmp_path):
+    chosen = security_in_subprocess(
+        tmp_path,
+        PORTWATCH_BASE_URL="https://watch.example.org",
+        PORTWATCH_BEHIND_PROXY="true",
+        PORTWATCH_HSTS_SECONDS="3600",
+        PORTWATCH_HSTS_INCLUDE_SUBDOMAINS="yes",
+        PORTWATCH_HSTS_PRELOAD="no",
+    )
+    assert chosen == {
+        "CSRF_TRUSTED_ORIGINS": ["https://watch.example.org"],
+        "SECURE_SSL_REDIRECT": True,
+        "SESSION_COOKIE_SECURE": True,
+        "CSRF_COOKIE_SECURE": True,
+        "SECURE_PROXY_SSL_HEADER": ["HTTP_X_FORWARDED_PROTO", "https"],
+        "SECURE_HSTS_SECONDS": 3600,
+        "SECURE_HSTS_INCLUDE_SUBDOMAINS": True,
+        "SECURE_HSTS_PRELOAD": False,
+    }
+
+
+def test_an_http_base_url_is_trusted_but_neither_redirected_nor_given_https_only_cookies(tmp_path):
+    chosen = security_in_subprocess(tmp_path, PORTWATCH_BASE_URL="http://watch.internal:8000")
+    assert chosen["CSRF_TRUSTED_ORIGINS"] == ["http://watch.internal:8000"]
+    assert (chosen["SECURE_SSL_REDIRECT"], chosen["SESSION_COOKIE_SECURE"], chosen["CSRF_COOKIE_SECURE"]) == (
+        False,
+        False,
+        False,
+    )
+
+
+def test_hsts_longer_than_two_years_is_refused(tmp_path):
+    run = settings_in_subprocess(tmp_path, PORTWATCH_HSTS_SECONDS="63072001")
+    assert run.returncode != 0
+    assert "PORTWATCH_HSTS_SECONDS must be between 0 and 63072000, got 63072001" in run.stderr
+
+
 def test_a_bad_setting_stops_the_process_with_its_message(tmp_path):
     run = settings_in_subprocess(tmp_path, PORTWATCH_DEBUG="maybe")
     assert run.returncode != 0
@@ -242,3 +400,20 @@ def test_check_accepts_a_writable_data_directory(tmp_path):
     with override_settings(DATA_DIR=tmp_path / "new"):
         assert [message for message in run_checks() if message.id.startswith("portwatch.")] == []
     assert (tmp_path / "new").is_dir()
+
+
+def test_check_reports_a_base_url_whose_host_is_not_allowed():
+    with override_settings(PORTWATCH_BASE_URL="https://watch.example.org", ALLOWED_HOSTS=["other.example.org"]):
+        errors = [message for message in run_checks() if message.id == "portwatch.E002"]
+    assert [(error.msg, error.hint) for error in errors] == [
+        (
+            "PORTWATCH_BASE_URL is https://watch.example.org, but its host watch.example.org is not in "
+            "ALLOWED_HOSTS, so the site would answer every request there with 400 Bad Request.",
+            "Add watch.example.org to ALLOWED_HOSTS (comma-separated).",
+        )
+    ]
+
+
+def test_check_accepts_a_base_url_whose_host_an_allowed_pattern_matches():
+    with override_settings(PORTWATCH_BASE_URL="https://watch.example.org:8443", ALLOWED_HOSTS=[".example.org"]):
+        assert [message for message in run_checks() if message.id == "portwatch.E002"] == []

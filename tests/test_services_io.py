@@ -13,6 +13,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
+from monitor import services_io
 from monitor.models import Service
 from monitor.probes import PROTOCOLS
 
@@ -187,6 +188,49 @@ def test_dry_run_shows_the_changes_and_writes_nothing(tmp_path):
 
 def test_an_empty_services_list_imports_nothing(tmp_path):
     assert run_import(tmp_path, "services:\n") == "0 created, 0 updated, 0 unchanged\n"
+
+
+@pytest.mark.parametrize("text", ["services:\n", "services: []\n", "services:\n#  - {name: web, host: a}\n"])
+@pytest.mark.parametrize("flags", [["--prune"], ["--prune", "--dry-run"]])
+def test_prune_with_an_empty_list_refuses_to_delete_every_service(tmp_path, text, flags):
+    make_services()
+    with pytest.raises(CommandError) as raised:
+        run_import(tmp_path, text, *flags)
+    assert str(raised.value).endswith(
+        "services.yaml: nothing imported.\nThe file lists no services, so --prune would delete every service "
+        "in the database (3 services); add --allow-empty to do that."
+    )
+    assert Service.objects.count() == 3
+
+
+def test_prune_with_a_missing_list_deletes_nothing_even_with_allow_empty(tmp_path):
+    make_services()
+    with pytest.raises(CommandError) as raised:
+        run_import(tmp_path, "{}\n", "--prune", "--allow-empty")
+    assert str(raised.value).endswith("services.yaml: nothing imported.\nThe file has no `services:` list.")
+    assert Service.objects.count() == 3
+
+
+def test_prune_with_an_empty_list_and_allow_empty_deletes_every_service(tmp_path):
+    make_services()
+    output = run_import(tmp_path, "services: []\n", "--prune", "--allow-empty")
+    assert output == "delete bücher\ndelete mail-eu\ndelete web\n0 created, 0 updated, 0 unchanged, 3 deleted\n"
+    assert Service.objects.count() == 0
+
+
+def test_prune_with_an_empty_list_of_an_empty_database_is_no_error(tmp_path):
+    assert run_import(tmp_path, "services: []\n", "--prune") == "0 created, 0 updated, 0 unchanged, 0 deleted\n"
+
+
+def test_apply_refuses_an_emptying_prune_for_callers_other_than_the_command():
+    make_services()
+    with pytest.raises(services_io.ServicesFileError) as raised:
+        services_io.apply(services_io.plan_import("services: []\n"), prune=True)
+    assert raised.value.errors == [
+        "The file lists no services, so --prune would delete every service in the database (3 services); "
+        "add --allow-empty to do that."
+    ]
+    assert Service.objects.count() == 3
 
 
 # Import: errors name the service and the field, and change nothing ------------------------------

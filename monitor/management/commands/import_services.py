@@ -15,17 +15,25 @@ class Command(BaseCommand):
     help = (
         "Create or update services from a YAML file with a top-level `services:` list, matched by name. "
         "Every entry is validated before anything is written; one bad entry changes nothing. "
-        "Services not in the file are kept unless --prune is given."
+        "Services not in the file are kept unless --prune is given; a file listing no services prunes "
+        "nothing unless --allow-empty is given too."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="the YAML file, or - for standard input")
         parser.add_argument("--prune", action="store_true", help="delete services that are not in the file")
+        parser.add_argument(
+            "--allow-empty",
+            action="store_true",
+            help="with --prune, accept a file that lists no services, and so delete every service",
+        )
         parser.add_argument("--dry-run", action="store_true", help="show what would change and write nothing")
 
-    def handle(self, *args: Any, file: str, prune: bool, dry_run: bool, **options: Any) -> None:
+    def handle(self, *args: Any, file: str, prune: bool, allow_empty: bool, dry_run: bool, **options: Any) -> None:
         try:
             plan = services_io.plan_import(_read(file))
+            if prune:  # before the dry run too, so that it shows what the real run does
+                plan.refuse_emptying(allow_empty=allow_empty)
         except services_io.ServicesFileError as error:
             raise CommandError(f"{file}: nothing imported.\n{error}") from None
         for change in plan.changes:
@@ -37,7 +45,7 @@ class Command(BaseCommand):
         if dry_run:
             self.stdout.write(f"Dry run, nothing written: {plan.summary(prune=prune)}")
             return
-        services_io.apply(plan, prune=prune)
+        services_io.apply(plan, prune=prune, allow_empty=allow_empty)
         self.stdout.write(plan.summary(prune=prune))
 
 
