@@ -123,6 +123,11 @@ class Prober:
         self._gate = asyncio.Semaphore(self.max_in_flight)
         self._loop.create_task(self._watch_lag())
         self._loop.run_forever()
+        leftover = asyncio.all_tasks(self._loop)  # the lag watcher; jobs were drained by stop()
+        for task in leftover:
+            task.cancel()
+        self._loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+        self._loop.close()
 
     def _accept(self, jobs: list[runner.Job]) -> None:
         now = dt.datetime.now(dt.UTC)

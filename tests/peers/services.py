@@ -387,10 +387,18 @@ class TcpServers:
         return self
 
     def __exit__(self, *_: object) -> None:
-        for server in self._servers:
-            self._loop.call_soon_threadsafe(server.close)
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=10)
+
+    async def _close(self) -> None:
+        """Stop listening and end the connections still held (a tarpit's), so no handler is left pending."""
+        for server in self._servers:
+            server.close()
+        handlers = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
 
     async def _serve(self) -> asyncio.Server:
         return await asyncio.start_server(self._handle, "127.0.0.1", 0)
