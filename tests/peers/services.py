@@ -280,7 +280,7 @@ class Stack:
         else:
             with contextlib.closing(sqlite3.connect(self.data_dir / "portwatch.sqlite3", timeout=10)) as conn:
                 rows = conn.execute(sql).fetchall()
-        found = [Row(sid, loc, _aware(scheduled), _aware(started), *rest) for sid, loc, scheduled, started, *rest in rows]
+        found = [Row(sid, loc, _aware(slot), _aware(started), *rest) for sid, loc, slot, started, *rest in rows]
         return [row for row in found if row.status != "unknown"] if measured_only else found
 
 
