@@ -122,6 +122,8 @@ STATIC_ROOT = DATA_DIR / "static"
 REDIS_URL = env_str("REDIS_URL")
 BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"
+# kombu's filesystem transport with atomic writes (monitor/broker.py says why).
+CELERY_BROKER_TRANSPORT = None if REDIS_URL else "monitor.broker:Transport"
 CELERY_BROKER_TRANSPORT_OPTIONS = (
     {
         # Acks are early (below), so only messages prefetched but not started wait for an ack;
