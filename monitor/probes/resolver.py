@@ -66,6 +66,9 @@ class Configuration:
     resolv_conf: str = RESOLV_CONF
 
 
+OTHER_FAMILY_WAIT = 0.3  # seconds the other family's query may still take once one family has addresses
+
+
 def configure(
     nameservers: Sequence[str] | None = None, hosts_file: str | None = None, resolv_conf: str | None = None
 ) -> None:
@@ -129,28 +132,39 @@ def sockaddr(family: int, address: str, port: int, scope_id: int = 0) -> tuple:
 async def _ask(
     resolver: Any, host: str, families: tuple[int, ...], *, deadline: float, server: str | None
 ) -> tuple[list[Address], float]:
-    """Return the addresses of `host` from A and AAAA queries run concurrently, and when the first answer expires."""
+    """Return the addresses of `host` from A and AAAA queries run concurrently, and when the first answer expires.
+
+    One family's failure (a server that refuses AAAA, a lost query) does not sink the other's
+    answer; only NXDOMAIN, which is about the name, ends the lookup at once. Once one family has
+    addresses, the others get `OTHER_FAMILY_WAIT` more, not the whole deadline (RFC 8305's idea).
+    """
     through = f" through {server}" if server else ""
+    queries = [_query(resolver, host, _RECORD_TYPES[kind], deadline, search=server is None) for kind in families]
     try:
         async with asyncio.timeout_at(deadline):
-            answers = await _first_error(
-                [_query(resolver, host, _RECORD_TYPES[kind], deadline, search=server is None) for kind in families]
-            )
-    except (TimeoutError, dns.exception.Timeout):
+            outcomes = await _gather_answers(queries)
+    except TimeoutError:
         raise ProbeTimeout(f"timed out resolving {host}{through}") from None
     except dns.resolver.NXDOMAIN:
         source = f" from {server}" if server else ""
         raise ResolutionError(f"cannot resolve {host}: no such domain (NXDOMAIN{source})") from None
-    except dns.exception.DNSException as error:
-        raise ResolutionError(f"cannot resolve {host}{through}: {error}") from None
     found: list[Address] = []
     missing: list[str] = []
-    for kind, answer in zip(families, answers, strict=True):
-        if answer.rrset is None:
+    answers = []
+    for kind, outcome in zip(families, outcomes, strict=True):
+        if isinstance(outcome, BaseException) or outcome is None:
+            continue
+        answers.append(outcome)
+        if outcome.rrset is None:
             missing.append(f"no {_RECORD_TYPES[kind]} record")
         else:
-            found += [(kind, record.address, 0) for record in answer.rrset]
+            found += [(kind, record.address, 0) for record in outcome.rrset]
     if not found:
+        errors = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if errors and isinstance(errors[0], (TimeoutError, dns.exception.Timeout)):
+            raise ProbeTimeout(f"timed out resolving {host}{through}")
+        if errors:
+            raise ResolutionError(f"cannot resolve {host}{through}: {errors[0]}")
         raise ResolutionError(f"cannot resolve {host}: {' and '.join(missing)}")
     return found, min(answer.expiration for answer in answers)
 
@@ -162,19 +176,35 @@ async def _query(resolver: Any, host: str, rdtype: str, deadline: float, *, sear
     return await resolver.resolve(host, rdtype, lifetime=lifetime, search=search, raise_on_no_answer=False)
 
 
-async def _first_error(coroutines: list[Awaitable[Any]]) -> list[Any]:
-    """Return the results of `coroutines` run concurrently; on the first error cancel the rest and raise it.
+async def _gather_answers(coroutines: list[Awaitable[Any]]) -> list[Any]:
+    """Return each query's answer, exception, or None when it was given up on; raise NXDOMAIN at once.
 
-    An NXDOMAIN for A then ends the lookup at once instead of when a lost AAAA query times out.
+    When a query comes back with addresses, the ones still running get OTHER_FAMILY_WAIT seconds.
     """
-    if len(coroutines) == 1:
-        return [await coroutines[0]]
     tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
     try:
-        return await asyncio.gather(*tasks)
+        pending = set(tasks)
+        limit = None
+        while pending:
+            done, pending = await asyncio.wait(pending, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break  # the others had their extra time
+            for task in done:
+                error = task.exception()
+                if isinstance(error, dns.resolver.NXDOMAIN):
+                    raise error
+                if error is None and task.result().rrset is not None and limit is None:
+                    limit = OTHER_FAMILY_WAIT
+        return [_outcome(task) for task in tasks]
     finally:
         for task in tasks:
             task.cancel()
+
+
+def _outcome(task: asyncio.Future) -> Any:
+    if not task.done() or task.cancelled():
+        return None
+    return task.exception() or task.result()
 
 
 def _sockaddrs(addresses: list[Address], port: int) -> list[tuple[int, tuple]]:

@@ -37,7 +37,8 @@ Records = Mapping[str, Mapping[str, Sequence[str]]]
 class DNSServer:
     """Answer DNS queries from `records` ({name: {type: [rdata text, ...]}}) on UDP and TCP.
 
-    `rcodes` ({name: "SERVFAIL"}) answers a name with that response code and no records.
+    `rcodes` ({name: "SERVFAIL"}) answers a name with that response code and no records; a key
+    "name AAAA" does so for that record type only (so does a key of `delays`).
     `delays` ({name: seconds}) sends the answers for a name that much later; other queries are
     answered meanwhile. `ttl` is the TTL of every record.
     `truncate_udp` answers every UDP query with TC set and no records, so clients retry over TCP.
@@ -58,8 +59,8 @@ class DNSServer:
         garbage: bool = False,
     ) -> None:
         self.records = {_absolute(name): dict(types) for name, types in records.items()}
-        self.rcodes = {_absolute(name): dns.rcode.from_text(code) for name, code in (rcodes or {}).items()}
-        self.delays = {_absolute(name): seconds for name, seconds in (delays or {}).items()}
+        self.rcodes = {_keyed(name): dns.rcode.from_text(code) for name, code in (rcodes or {}).items()}
+        self.delays = {_keyed(name): seconds for name, seconds in (delays or {}).items()}
         self.ttl = ttl
         self.host = host
         self.truncate_udp = truncate_udp
@@ -112,7 +113,8 @@ class DNSServer:
             return GARBAGE, 0.0
         # dnspython shuffles records by default; tests of address fallback need them in the order given.
         answer = self._answer(query, question, name, transport).to_wire(want_shuffle=False)
-        return answer, self.delays.get(name, 0.0)
+        rdtype = dns.rdatatype.to_text(question.rdtype)
+        return answer, self.delays.get(f"{name} {rdtype}", self.delays.get(name, 0.0))
 
     def later(self, seconds: float, send: Callable[[], object]) -> None:
         """Call `send` after `seconds` without holding up other queries; cancelled when the server stops."""
@@ -123,8 +125,9 @@ class DNSServer:
     def _answer(self, query: dns.message.Message, question: dns.rrset.RRset, name: str, transport: str):
         response = dns.message.make_response(query)
         response.flags |= dns.flags.AA
-        if name in self.rcodes:
-            response.set_rcode(self.rcodes[name])
+        rcode = self.rcodes.get(f"{name} {dns.rdatatype.to_text(question.rdtype)}", self.rcodes.get(name))
+        if rcode is not None:
+            response.set_rcode(rcode)
         elif name not in self.records:
             response.set_rcode(dns.rcode.NXDOMAIN)
         elif transport == "udp" and self.truncate_udp:
@@ -170,6 +173,12 @@ class _UDP(asyncio.DatagramProtocol):
 async def _after(seconds: float, call: Callable[[], object]) -> None:
     await asyncio.sleep(seconds)
     call()
+
+
+def _keyed(key: str) -> str:
+    """Return a `rcodes`/`delays` key as looked up: "name" or "name TYPE" (one record type only)."""
+    name, _, rdtype = key.partition(" ")
+    return f"{_absolute(name)} {rdtype.upper()}" if rdtype else _absolute(name)
 
 
 def _absolute(name: str) -> str:

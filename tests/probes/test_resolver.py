@@ -132,6 +132,32 @@ async def test_a_name_resolves_through_the_configured_nameserver_ipv4_first(file
     assert sorted(names.queries) == [("udp", "svc.test.", "A"), ("udp", "svc.test.", "AAAA")]
 
 
+async def test_a_server_refusing_aaaa_still_gives_the_a_addresses(files):
+    records = {"svc.test": {"AAAA": ["::1"], "A": ["127.0.0.1"]}}
+    async with DNSServer(records, rcodes={"svc.test AAAA": "REFUSED"}) as names:
+        files.use(names)
+        addresses = await lookup("svc.test")
+    assert addresses == [(socket.AF_INET, ("127.0.0.1", 80))]
+
+
+async def test_a_lost_aaaa_answer_holds_up_the_a_addresses_only_briefly(files):
+    records = {"svc.test": {"AAAA": ["::1"], "A": ["127.0.0.1"]}}
+    async with DNSServer(records, delays={"svc.test AAAA": SLOW}) as names:
+        files.use(names)
+        started = time.monotonic()
+        addresses = await lookup("svc.test")
+        took = time.monotonic() - started
+    assert addresses == [(socket.AF_INET, ("127.0.0.1", 80))]
+    assert took < resolver.OTHER_FAMILY_WAIT + 0.3
+
+
+async def test_both_families_refused_is_a_resolution_failure(files):
+    async with DNSServer({"svc.test": {"A": ["127.0.0.1"]}}, rcodes={"svc.test": "REFUSED"}) as names:
+        files.use(names)
+        with pytest.raises(ResolutionError, match="cannot resolve svc.test"):
+            await lookup("svc.test")
+
+
 async def test_search_domains_come_from_resolv_conf_and_follow_its_changes(files):
     records = {"svc.one.test": {"A": ["127.0.0.1"]}, "svc.two.test": {"A": ["127.0.0.2"]}}
     files.resolv_conf.write_text("nameserver 127.0.0.1\nsearch one.test\n")
