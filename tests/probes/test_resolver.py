@@ -154,7 +154,7 @@ async def test_a_lost_aaaa_answer_holds_up_the_a_addresses_only_briefly(files):
 async def test_both_families_refused_is_a_resolution_failure(files):
     async with DNSServer({"svc.test": {"A": ["127.0.0.1"]}}, rcodes={"svc.test": "REFUSED"}) as names:
         files.use(names)
-        with pytest.raises(ResolutionError, match="cannot resolve svc.test"):
+        with pytest.raises(ResolutionError, match=r"cannot resolve svc\.test"):
             await lookup("svc.test")
 
 
