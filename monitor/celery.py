@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import socket
 from pathlib import Path
 from typing import Any
@@ -81,10 +82,23 @@ def _start_prober() -> None:
 
     locations = probe_locations()
     if locations:
+        _raise_open_files_limit()
         if settings.PORTWATCH_DNS_SERVERS:
             resolver.configure(nameservers=settings.PORTWATCH_DNS_SERVERS)
         name = f"{socket.gethostname()}:{os.getpid()}"
         prober.start_process_prober(name, locations, max_in_flight=settings.PORTWATCH_MAX_IN_FLIGHT)
+
+
+def _raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to the hard one: each probe in flight holds a socket.
+
+    Many systems start processes with a soft limit of 1,024, which 2,000 probes in flight would hit
+    as "Too many open files" failures that look like the services' fault.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @signals.task_prerun.connect
