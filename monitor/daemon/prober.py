@@ -46,7 +46,8 @@ MAX_PENDING = 200_000  # outcomes kept while the database is away; the oldest go
 RETRY_PAUSE = 2.0  # seconds between attempts to write while the database is away
 LAG_TICK = 0.25  # seconds between event-loop lag measurements
 FINAL_ATTEMPTS = 5  # writes tried after stop() before outcomes are given up
-SEEN_FOR = dt.timedelta(hours=1)  # how long a slot is remembered, so a job delivered twice is probed once
+SEEN_FOR = dt.timedelta(minutes=15)  # slots this old are forgotten; a job delivered twice comes sooner
+FORGET_EVERY = 30.0  # seconds between sweeps of the remembered slots
 
 Recorder = Callable[[Sequence[Outcome]], object]
 Heartbeat = Callable[["Prober"], object]
@@ -72,7 +73,8 @@ class Prober:
         self._gate: asyncio.Semaphore | None = None
         self._waiting: set[asyncio.Task] = set()  # jobs sleeping until their slot
         self._running: set[asyncio.Task] = set()  # jobs past their slot: probing, or waiting for a place
-        self._seen: dict[tuple[int, str, dt.datetime], dt.datetime] = {}
+        self._seen: set[tuple[int, str, dt.datetime]] = set()  # (service, location, slot) of jobs taken
+        self._next_forget = time.monotonic() + FORGET_EVERY
         self._outcomes: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self._stopping = threading.Event()
         self._threads = [
@@ -130,16 +132,15 @@ class Prober:
         self._loop.close()
 
     def _accept(self, jobs: list[runner.Job]) -> None:
-        now = dt.datetime.now(dt.UTC)
         for job in jobs:
             key = (job.claim.service_id, job.claim.location, job.claim.slot)
             if key in self._seen:
                 continue
-            self._seen[key] = now
+            self._seen.add(key)
             task = self._loop.create_task(self._run(job))
             self._waiting.add(task)
-        if len(self._seen) > 10 * max(1, self.in_flight) + 10_000:
-            self._forget_old(now)
+        if time.monotonic() >= self._next_forget:
+            self._forget_old(dt.datetime.now(dt.UTC))
 
     async def _run(self, job: runner.Job) -> None:
         task = asyncio.current_task()
@@ -176,7 +177,8 @@ class Prober:
             self.worst_lag = max(self.worst_lag, self._loop.time() - before - LAG_TICK)
 
     def _forget_old(self, now: dt.datetime) -> None:
-        self._seen = {key: seen for key, seen in self._seen.items() if now - seen < SEEN_FOR}
+        self._seen = {key for key in self._seen if now - key[2] < SEEN_FOR}
+        self._next_forget = time.monotonic() + FORGET_EVERY
 
     # --- the recorder thread ------------------------------------------------------------------
 

@@ -282,13 +282,33 @@ def claim_due(now: dt.datetime, *, limit: int = CLAIM_LIMIT, lookahead: float = 
 def _claim_locked(due, now: dt.datetime, limit: int) -> list[tuple]:
     with transaction.atomic():
         rows = list(due.select_for_update(skip_locked=True, of=("self",))[:limit])
-        timely = [_claimed_row(row, now) for row in rows if _timely(row[3], row[4], now)]
-        late = [_claimed_row(row, now) for row in rows if not _timely(row[3], row[4], now)]
-        if timely:
-            Schedule.objects.bulk_update(timely, ["due_at", "claimed_slot"], batch_size=500)
-        if late:
-            Schedule.objects.bulk_update(late, ["due_at"], batch_size=500)
+        _write_claims(rows, now)
     return rows
+
+
+def _write_claims(rows: Sequence[tuple], now: dt.datetime) -> None:
+    """Move each claimed row on, with one statement run per row (`executemany`, pipelined by psycopg).
+
+    Not `bulk_update()`: its CASE WHEN per field and row took a fifth of a worker's CPU at 10,000
+    services (profiled), on a path that runs every second.
+    """
+    if not rows:
+        return
+    table, quote = Schedule._meta.db_table, connection.ops.quote_name
+    adapt = connection.ops.adapt_datetimefield_value
+    timely, late = [], []
+    for row in rows:
+        fields = _claimed_fields(row, now)
+        if "claimed_slot" in fields:
+            timely.append([adapt(fields["due_at"]), adapt(fields["claimed_slot"]), row[0]])
+        else:
+            late.append([adapt(fields["due_at"]), row[0]])
+    with connection.cursor() as cursor:
+        if timely:
+            sql = f"UPDATE {quote(table)} SET {quote('due_at')} = %s, {quote('claimed_slot')} = %s WHERE id = %s"
+            cursor.executemany(sql, timely)
+        if late:
+            cursor.executemany(f"UPDATE {quote(table)} SET {quote('due_at')} = %s WHERE id = %s", late)
 
 
 def _claim_optimistic(due, now: dt.datetime, limit: int) -> list[tuple]:
@@ -315,10 +335,6 @@ def _claimed_fields(row: tuple, now: dt.datetime) -> dict[str, Any]:
         # A row skipped for lateness keeps the slot it last handed out.
         **({"claimed_slot": slot} if timely else {}),
     }
-
-
-def _claimed_row(row: tuple, now: dt.datetime) -> Schedule:
-    return Schedule(id=row[0], **_claimed_fields(row, now))
 
 
 def _timely(slot: dt.datetime, interval: int, now: dt.datetime) -> bool:
