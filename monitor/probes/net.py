@@ -187,11 +187,12 @@ async def open_connection(
     loop = asyncio.get_running_loop()
     attempts: list[str] = []
     error: ConnectError | None = None
+    connection: Connection | None = None
     with clock.phase("connect"):
         for index, (family, sockaddr) in enumerate(addresses):
             remaining = deadline - loop.time()
             if remaining <= 0:
-                break
+                break  # resolving used up the time (or an overloaded loop woke us too late)
             share = loop.time() + remaining / (len(addresses) - index)
             try:
                 sock = await _connect(family, sockaddr, deadline=share)
@@ -201,8 +202,6 @@ async def open_connection(
                 continue
             connection = Connection(sock, sockaddr[0], sockaddr[1], deadline, clock, attempts)
             break
-        else:
-            connection = None
     if connection is None:
         if error is None:
             raise ConnectTimeout(f"timed out before connecting to {host} port {port}")

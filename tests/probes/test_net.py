@@ -154,3 +154,16 @@ async def test_it_times_out_when_the_resolver_stays_silent():
     assert (result.status, str(result.failure)) == (Status.DOWN, "timeout")
     assert result.reason == f"timed out resolving svc.test through {names.address}"
     assert elapsed < SHORT_TIMEOUT + GRACE
+
+
+async def test_a_deadline_spent_resolving_is_a_timeout_before_any_connect():
+    # Found at 30,000 services: an overloaded loop woke a probe after its deadline, between
+    # resolving and connecting, and the engine raised instead of saying it timed out.
+    from monitor.probes.errors import ConnectTimeout
+    from monitor.probes.net import open_connection
+    from monitor.probes.timing import PhaseClock
+
+    async with listening("127.0.0.1") as port:
+        spent = asyncio.get_running_loop().time() - 0.1
+        with pytest.raises(ConnectTimeout, match=f"timed out before connecting to 127.0.0.1 port {port}"):
+            await open_connection("127.0.0.1", port, tcp.Options(), deadline=spent, clock=PhaseClock())
