@@ -116,19 +116,8 @@ def _first_hour(complete: dt.datetime) -> dt.datetime | None:
 
 def _stale_hours(start: dt.datetime, end: dt.datetime) -> set[dt.datetime]:
     """Return the hours in [start, end) holding more raw results than their rollups count."""
-    raw = dict(
-        ProbeResult.objects.filter(started_at__gte=start, started_at__lt=end)
-        .annotate(hour=Trunc("started_at", "hour", tzinfo=dt.UTC))
-        .values_list("hour")
-        .annotate(n=Count("id"))
-        .values_list("hour", "n")
-    )
-    rolled = dict(
-        HourlyRollup.objects.filter(start__gte=start, start__lt=end)
-        .values_list("start")
-        .annotate(n=Sum("count"))
-        .values_list("start", "n")
-    )
+    raw = _per_period(ProbeResult.objects, "started_at", "hour", Count("id"), start, end)
+    rolled = _per_period(HourlyRollup.objects, "start", None, Sum("count"), start, end)
     return {hour for hour, n in raw.items() if n > rolled.get(hour, 0)}
 
 
@@ -136,20 +125,18 @@ def _stale_days(start: dt.datetime, end: dt.datetime) -> dict[dt.datetime, int]:
     """Return {day: what its hourly rollups count} for the days in [start, end) whose hours count more than they do."""
     if start >= end:
         return {}
-    hourly = dict(
-        HourlyRollup.objects.filter(start__gte=start, start__lt=end)
-        .annotate(day=Trunc("start", "day", tzinfo=dt.UTC))
-        .values_list("day")
-        .annotate(n=Sum("count"))
-        .values_list("day", "n")
-    )
-    daily = dict(
-        DailyRollup.objects.filter(start__gte=start, start__lt=end)
-        .values_list("start")
-        .annotate(n=Sum("count"))
-        .values_list("start", "n")
-    )
+    hourly = _per_period(HourlyRollup.objects, "start", "day", Sum("count"), start, end)
+    daily = _per_period(DailyRollup.objects, "start", None, Sum("count"), start, end)
     return {day: n for day, n in sorted(hourly.items()) if n > daily.get(day, 0)}
+
+
+def _per_period(rows, moment: str, period: str | None, total, start: dt.datetime, end: dt.datetime) -> dict:
+    """Return {period start: total} over `rows` whose `moment` is in [start, end), grouped by `period` (or as is)."""
+    within = rows.filter(**{f"{moment}__gte": start, f"{moment}__lt": end})
+    if period is not None:
+        within = within.annotate(**{period: Trunc(moment, period, tzinfo=dt.UTC)})
+    key = period or moment
+    return dict(within.values_list(key).annotate(n=total).values_list(key, "n"))
 
 
 def _recompute_day(day: dt.datetime, hourly_count: int) -> None:
