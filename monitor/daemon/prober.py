@@ -153,8 +153,8 @@ class Prober:
         self._waiting.discard(task)
         self._running.add(task)
         try:
-            outcome = await runner.probe_job(job, self._gate)
-        except Exception as error:  # probe_job turns prober errors into results; this is a bug of ours
+            outcome = await runner.start_job(job, self._gate)
+        except Exception as error:  # start_job turns prober errors into results; this is a bug of ours
             logger.exception("job for service %s slot %s failed", job.claim.service_id, job.claim.slot)
             outcome = _failed(job, error)
         finally:

@@ -2,8 +2,9 @@
 
 Exposes `Job` (a claim with the service's probe settings, read once), `jobs_for(claims)` (one
 query), `probe_job(job, gate)` (wait for the slot and a free place in flight, probe, return the
-`Outcome`), and `run_checks(claims)`, which does all of it at once and records the outcomes (for
-tests and one-off runs; workers keep a `monitor.daemon.prober.Prober` instead).
+`Outcome`), `start_job()` (the same once the slot has come: the prober sleeps on its own), and
+`run_checks(claims)`, which does all of it at once and records the outcomes (for tests and one-off
+runs; workers keep a `monitor.daemon.prober.Prober` instead).
 
 Every claim ends in exactly one outcome: a probe result; `missed` when it could not start on time
 (it reached the worker past its start-by time, or the worker stayed at its in-flight limit until
@@ -70,8 +71,13 @@ async def probe_job(job: Job, gate: asyncio.Semaphore | None = None) -> recordin
     The slot wait happens before the gate, so jobs waiting for their slot hold no place in flight;
     the latency phases start only once the probe does, so queueing never counts as network time.
     """
+    await sleep_until(job.claim.slot)
+    return await start_job(job, gate)
+
+
+async def start_job(job: Job, gate: asyncio.Semaphore | None = None) -> recording.Outcome:
+    """Probe a job whose slot has come, once it has a place in flight; `missed` if too late for either."""
     claim = job.claim
-    await sleep_until(claim.slot)
     if _now() > job.start_by:
         return _missed(
             job,
