@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "monitor.apps.MonitorConfig",
+    "dashboard.apps.DashboardConfig",
 ]
 
 MIDDLEWARE = [
@@ -69,6 +70,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "dashboard.middleware.ContentSecurityPolicy",
 ]
 
 ROOT_URLCONF = "monitor.urls"
@@ -84,6 +86,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "dashboard.context.role",
             ],
         },
     },
@@ -115,11 +118,24 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+
+# The dashboard's sign-in (dashboard/urls.py); the admin at /admin/ keeps its own.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "overview"
+LOGOUT_REDIRECT_URL = "login"
 STATIC_ROOT = DATA_DIR / "static"
+
+# The cache holds rate-limit counters ("check now", "test"), so every web process must share it:
+# Redis when REDIS_URL is set, else files under DATA_DIR (runserver and gunicorn workers alike).
+REDIS_URL = env_str("REDIS_URL")
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    if REDIS_URL
+    else {"BACKEND": "django.core.cache.backends.filebased.FileBasedCache", "LOCATION": str(DATA_DIR / "cache")}
+}
 
 # Celery: Redis when REDIS_URL is set, else a queue of files under DATA_DIR, so the embedded
 # mode needs no server. `monitor/celery.py` reads every CELERY_* name below.
-REDIS_URL = env_str("REDIS_URL")
 BROKER_DIR = DATA_DIR / "broker"
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"
 # kombu's filesystem transport with atomic writes (monitor/broker.py says why).

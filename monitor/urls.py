@@ -1,12 +1,11 @@
-"""URL routes: the Django admin at /admin/; the root redirects there until the dashboard exists."""
+"""URL routes: the dashboard at the root (dashboard/urls.py), the Django admin at /admin/."""
 
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import path
-from django.views.generic import RedirectView
+from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    path("", include("dashboard.urls")),
 ]

@@ -42,9 +42,9 @@ def form_data(**fields) -> dict[str, str]:
     } | fields
 
 
-def test_the_root_redirects_to_the_admin(client):
+def test_the_root_asks_anonymous_visitors_to_log_in(client):
     response = client.get("/")
-    assert (response.status_code, response["Location"]) == (302, "/admin/")
+    assert (response.status_code, response["Location"]) == (302, "/login/?next=/")
 
 
 def test_the_add_form_lists_each_protocols_options(admin_client):
