@@ -14,6 +14,8 @@ from django.utils.html import format_html
 
 register = template.Library()
 
+DASH = "\u2013"  # what a table shows where there is no value
+
 # Status is never shown by colour alone: every badge carries an icon and a word.
 STATUS_LOOK = {
     "up": ("✔", "Up"),
@@ -81,7 +83,7 @@ def ago(moment: dt.datetime | None) -> str:
 def ms(seconds: float | None) -> str:
     """Render seconds as milliseconds: "12 ms", "0.4 ms", "1.25 s"; a dash for None."""
     if seconds is None or (isinstance(seconds, float) and math.isnan(seconds)):
-        return "–"
+        return DASH
     if seconds >= 10:
         return f"{seconds:.1f} s"
     if seconds >= 1:
@@ -94,7 +96,7 @@ def ms(seconds: float | None) -> str:
 def percent(ratio: float | None) -> str:
     """Render a ratio as a percentage, never rounding a failure up to 100 %: "99.95 %"; a dash for None."""
     if ratio is None:
-        return "–"
+        return DASH
     value = ratio * 100
     if value >= 100:
         return "100 %"
@@ -105,7 +107,7 @@ def percent(ratio: float | None) -> str:
 def days(value: float | None) -> str:
     """Render days left: "45 d", "0.5 d", "expired 3 d ago"; a dash for None."""
     if value is None:
-        return "–"
+        return DASH
     if value < 0:
         return f"expired {span(-value * 86400)} ago"
     return f"{value:.0f} d" if value >= 2 else f"{value:.1f} d"

@@ -11,7 +11,7 @@ from django.test import Client, RequestFactory
 
 from dashboard import roles
 from dashboard.access import MANUAL_PROBES_PER_WINDOW, allow
-from dashboard.templatetags.portwatch import days, ms, percent, span, status_badge
+from dashboard.templatetags.portwatch import DASH, days, ms, percent, span, status_badge
 from tests.dashboard.conftest import PASSWORD, user_with_role
 
 pytestmark = pytest.mark.django_db
@@ -82,12 +82,10 @@ def test_manual_probes_are_limited_per_user_per_window():
 
 
 def test_percent_never_rounds_a_failure_up_to_a_perfect_score():
-    assert (percent(0.99999), percent(1.0), percent(None)) == ("99.99 %", "100 %", "–")
+    assert (percent(0.99999), percent(1.0), percent(None)) == ("99.99 %", "100 %", DASH)
 
 
-@pytest.mark.parametrize(
-    ("seconds", "shown"), [(0.0004, "0.4 ms"), (0.0123, "12 ms"), (1.234, "1.23 s"), (None, "–")]
-)
+@pytest.mark.parametrize(("seconds", "shown"), [(0.0004, "0.4 ms"), (0.0123, "12 ms"), (1.234, "1.23 s"), (None, DASH)])
 def test_latency_is_shown_in_the_unit_that_reads_best(seconds, shown):
     assert ms(seconds) == shown
 
