@@ -24,6 +24,12 @@ _VIEW = [
 ]
 _EDIT = ["monitor.add_service", "monitor.change_service", "monitor.delete_service"]
 _ADMIN = ["auth.view_user", "auth.add_user", "auth.change_user", "auth.delete_user", "auth.view_group"]
+# Status pages are managed in the Django admin, which admins reach as staff (dashboard/admin.py).
+_ADMIN += [
+    f"dashboard.{verb}_{model}"
+    for model in ("statuspage", "statuscomponent")
+    for verb in ("view", "add", "change", "delete")
+]
 
 ROLES: dict[str, list[str]] = {
     VIEWER: _VIEW,
