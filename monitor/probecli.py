@@ -1,5 +1,7 @@
 """The `probe` command without Django: parse a probe URL and flags, run one probe, print it three ways.
 
+`parse_url()` is the one parser of probe URLs (also used by the dashboard's "add by URL").
+
 `python manage.py probe URL` is a thin wrapper around `add_arguments()` and `run()`. Exit codes
 follow the Nagios plugin convention in every output mode: 0 up, 1 warning, 2 down, 3 unknown.
 """
@@ -46,6 +48,18 @@ class UsageError(ValueError):
 
 
 @dataclass(frozen=True)
+class ParsedURL:
+    """What a probe URL names: smtps://mail.example.com is smtp, implicit TLS, mail.example.com, port 465."""
+
+    scheme: str
+    protocol: str
+    tls_mode: str
+    host: str
+    port: int  # the URL's port, else the scheme's standard one
+    options: dict[str, Any]  # raw options from the URL's path and query (http path, dns query name and type)
+
+
+@dataclass(frozen=True)
 class ProbeRequest:
     url: str
     protocol: str
@@ -76,22 +90,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--nagios", action="store_true", help="print a Nagios plugin line with perfdata")
 
 
-def build_request(args: argparse.Namespace) -> ProbeRequest:
-    """Return the probe the URL and flags describe; raise UsageError saying what is wrong."""
-    parts = urllib.parse.urlsplit(args.url)
+def parse_url(url: str) -> ParsedURL:
+    """Return the protocol, TLS mode, host, port and options a probe URL names; raise UsageError saying what is wrong.
+
+    The one parser of probe URLs: the `probe` command and the dashboard's "add by URL" both use it.
+    """
+    parts = urllib.parse.urlsplit(url.strip())
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES:
         raise UsageError(
-            f"unknown URL scheme {scheme + ':' if scheme else 'in ' + repr(args.url)}; use one of: {', '.join(SCHEMES)}"
+            f"unknown URL scheme {scheme + ':' if scheme else 'in ' + repr(url)}; use one of: {', '.join(SCHEMES)}"
         )
     protocol, tls_mode, port = SCHEMES[scheme]
-    host = _host(parts, args.url)
+    host = _host(parts, url)
     try:
         port = parts.port or port
     except ValueError:
-        raise UsageError(f"the port in {args.url!r} must be a number from 1 to 65535") from None
+        raise UsageError(f"the port in {url!r} must be a number from 1 to 65535") from None
     if not port:
         raise UsageError(f"{scheme} URLs need a port, e.g. {scheme}://{host}:1234")
+    options = _url_options(protocol, parts, url)
+    try:  # a DNS URL's ?type=BOGUS is the URL's fault, whatever flags or form fields come with it
+        parse_options(protocol, options)
+    except OptionsError as error:
+        raise UsageError(f"{error.field}: {error.message}") from None
+    return ParsedURL(scheme, protocol, tls_mode, host, port, options)
+
+
+def build_request(args: argparse.Namespace) -> ProbeRequest:
+    """Return the probe the URL and flags describe; raise UsageError saying what is wrong."""
+    parsed = parse_url(args.url)
+    scheme, protocol, tls_mode, host, port = parsed.scheme, parsed.protocol, parsed.tls_mode, parsed.host, parsed.port
     if args.starttls:
         if "starttls" not in PROTOCOLS[protocol].TLS_MODES:
             raise UsageError(f"--starttls applies to smtp, pop3 and imap URLs, not {scheme}")
@@ -100,7 +129,7 @@ def build_request(args: argparse.Namespace) -> ProbeRequest:
         tls_mode = "starttls"
     if args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
-    raw = _url_options(protocol, parts, args.url)
+    raw = dict(parsed.options)
     raw.update(
         {option: getattr(args, flag) for flag, option in FLAG_OPTIONS.items() if getattr(args, flag) is not None}
     )

@@ -17,6 +17,12 @@ from monitor.probes import Failure, Phases, Result, Status, TLSFacts
 PASSWORD = "a long test password 7"
 
 
+@pytest.fixture(autouse=True)
+def quick_hashing(settings):
+    """Hash test passwords with a fast hasher: the default takes about a second per user on a busy machine."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 def user_with_role(username: str, role: str | None) -> User:
     user = User.objects.create_user(username, password=PASSWORD)
     if role:
