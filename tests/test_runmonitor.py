@@ -175,7 +175,7 @@ def test_it_probes_serves_the_site_and_stops_every_child_on_ctrl_c(broker, tmp_p
         assert alive(children) == set()
         output = monitor.output()
         assert "Created superuser 'admin' with password: " in output
-        assert f"open http://127.0.0.1:{monitor.port}/admin/ and sign in as 'admin'" in output
+        assert f"open http://127.0.0.1:{monitor.port}/ and sign in as 'admin'" in output
         assert output.rstrip().endswith("Portwatch stopped.")
 
 

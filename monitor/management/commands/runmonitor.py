@@ -123,7 +123,7 @@ class Command(BaseCommand):
         admin = users.objects.filter(is_superuser=True).order_by("pk").first()
         connections.close_all()
         name = admin.get_username() if admin else "admin"
-        url = f"http://{_url_host(_reachable(host))}:{port}/admin/"
+        url = f"http://{_url_host(_reachable(host))}:{port}/"
         self.stdout.write(
             self.style.SUCCESS(f"\nPortwatch is running: open {url} and sign in as {name!r}.")
             + "\nIts password was printed once, when the user was created (above, on a first run); "
