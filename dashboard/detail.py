@@ -1,0 +1,403 @@
+"""What the service detail page reads: states, latency by phase, the status timeline, results and incidents.
+
+Exposes `RANGES`, `states()`, `overall()`, `location_rows()`, `latency_series()`, `latency_table()`,
+`timeline()`, `daily_row()`, `recent_results()`, `incidents()`, and from what those read,
+`certificates()` and `greetings()` (`certificate()` and `greeting_text()` for one probe). Each
+reader is one query (two for a rolled-up latency range, four for the latency table) whatever the
+amount of history, and raw results are read for the last hours only: the 1 h chart, the hours not
+rolled up yet, the 24 h timeline and the latest results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.db.models import Avg, Count, Q
+from django.db.models.functions import ExtractMinute, Floor, Trunc
+
+from dashboard.charts import PHASES, Point
+from monitor.models import DailyRollup, HourlyRollup, Incident, ProbeResult, Service, ServiceState
+from monitor.readers import latency_summaries
+from monitor.stats import DAY, HOUR, OK_STATUSES, ceil, combine, floor
+
+RANGES = {"1h": HOUR, "24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
+RANGE_LABELS = {"1h": "1 h", "24h": "24 h", "7d": "7 d", "30d": "30 d"}
+DEFAULT_RANGE = "24h"
+MAX_RAW_POINTS = 720  # the 1 h chart: one point per probe, so at most one every 5 s
+QUARTER = dt.timedelta(minutes=15)
+TIMELINE_BUCKETS = 96  # 24 h of 15 min
+DAILY_BARS = 30
+RECENT_RESULTS = 50
+RECENT_INCIDENTS = 20
+# How bad a status is, for the one badge a service probed from several locations shows.
+SEVERITY = {"down": 4, "warning": 3, "unknown": 2, "up": 1, "paused": 0}
+
+
+def states(service: Service) -> list[ServiceState]:
+    """Return the service's state at each location, with each one's last result (for its banner), in one query."""
+    return list(ServiceState.objects.filter(service=service).select_related("last_result").order_by("location"))
+
+
+def overall(service_states: Sequence[ServiceState]) -> tuple[str, dt.datetime | None]:
+    """Return the worst status over the locations and since when it holds (the earliest among the worst)."""
+    if not service_states:
+        return "unknown", None
+    worst = max(service_states, key=lambda state: SEVERITY.get(state.status, 2)).status
+    return worst, min(state.since for state in service_states if state.status == worst)
+
+
+@dataclass(frozen=True)
+class LocationRow:
+    location: str
+    state: ServiceState | None  # None: nothing recorded there yet
+    probed: bool  # the location is in the service's list (a removed one keeps its paused state)
+
+
+def location_rows(service: Service, service_states: Sequence[ServiceState]) -> list[LocationRow]:
+    """Return one row per location the service is probed from or has a state at."""
+    by_location = {state.location: state for state in service_states}
+    names = sorted(set(service.location_list) | by_location.keys())
+    return [LocationRow(name, by_location.get(name), name in service.location_list) for name in names]
+
+
+# --- Latency -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Series:
+    points: list[Point]
+    start: dt.datetime
+    end: dt.datetime
+    step: dt.timedelta  # the expected spacing of points, to tell a hole from the normal gap
+    source: str  # said under the chart: where the numbers come from
+
+
+def latency_series(service: Service, key: str, now: dt.datetime) -> Series:
+    """Return the chart's points for range `key`: probes for 1 h, else hourly averages (all locations together).
+
+    24 h, 7 d and 30 d read `HourlyRollup` (24, 168 or 720 points), and raw results of the last two
+    hours for an hour not rolled up yet (the current one, and the last one during the rollup's grace).
+    """
+    if key == "1h":
+        rows = (
+            ProbeResult.objects.filter(service=service, status__in=OK_STATUSES, started_at__gt=now - HOUR)
+            .order_by("-started_at")
+            .values_list("started_at", *PHASES)[: MAX_RAW_POINTS * len(service.location_list)]
+        )
+        step = dt.timedelta(seconds=service.interval)
+        return Series(_per_interval(reversed(rows), step), now - HOUR, now, step, "each successful probe")
+    current = floor(now, HOUR)
+    first = current - RANGES[key] + HOUR
+    hourly: dict[dt.datetime, list[tuple[int, dict]]] = defaultdict(list)
+    for start, up, latency in HourlyRollup.objects.filter(service=service, start__gte=first).values_list(
+        "start", "up_count", "latency"
+    ):
+        hourly[start].append((up, latency))
+    points = {hour: _hour_point(hour, parts) for hour, parts in hourly.items()}
+    for hour, phases in _recent_hours(service, current - HOUR).items():
+        if points.get(hour) is None:  # not rolled up yet: from its raw results
+            points[hour] = Point(hour, phases)
+    ordered = [point for _, point in sorted(points.items()) if point is not None]
+    return Series(ordered, first, now, HOUR, "hourly averages of successful probes")
+
+
+def _per_interval(rows: Iterable[tuple], step: dt.timedelta) -> list[Point]:
+    """Return a point per interval, averaging the locations' probes in it: drawn one by one, they zigzag.
+
+    A service probed from one location gets exactly one point per probe.
+    """
+    groups: dict[int, list[tuple]] = defaultdict(list)
+    for at, *phases in rows:
+        groups[int(at.timestamp() // step.total_seconds())].append((at, phases))
+    return [
+        Point(group[0][0], tuple(sum(values) / len(group) for values in zip(*(p for _, p in group), strict=True)))
+        for _, group in sorted(groups.items())
+    ]
+
+
+def _hour_point(hour: dt.datetime, parts: list[tuple[int, dict]]) -> Point | None:
+    """Return the hour's average phases over its locations (weighted by successful probes); None if none."""
+    latency = combine(parts)
+    return Point(hour, tuple(latency[phase]["avg"] for phase in PHASES)) if latency else None
+
+
+def _recent_hours(service: Service, since: dt.datetime) -> dict[dt.datetime, tuple[float, ...]]:
+    """Return {hour: average phases} of the successful raw results since `since`, averaged in SQL."""
+    rows = (
+        ProbeResult.objects.filter(service=service, status__in=OK_STATUSES, started_at__gte=since)
+        .annotate(hour=Trunc("started_at", "hour", tzinfo=dt.UTC))
+        .values("hour")
+        .annotate(**{phase: Avg(phase) for phase in PHASES})
+        .values_list("hour", *PHASES)
+    )
+    return {hour: tuple(float(value or 0.0) for value in phases) for hour, *phases in rows}
+
+
+NO_LATENCY: dict[str, float | None] = dict.fromkeys(("min", "avg", "p95", "max"))
+
+
+@dataclass(frozen=True)
+class SummaryRow:
+    location: str
+    total: dict[str, float | None]  # min, avg, p95, max of the total time, in seconds; None when nothing succeeded
+
+
+def latency_table(service: Service, locations: Sequence[str], now: dt.datetime) -> dict[str, list[SummaryRow]]:
+    """Return {range key: [SummaryRow per location]} for every range, from one `latency_summaries()` call.
+
+    The windows end at the end of the current hour, where nothing is recorded yet, so 24 h, 7 d
+    and 30 d start on a whole hour (the same hours the chart shows) and the reader takes them from
+    rollups, plus raw results only after the newest rollup: a window starting mid-hour would read
+    its first hour raw, 7 or 30 days back. The 1 h window is stretched by the same amount, so it
+    still starts exactly one hour ago.
+    """
+    end = ceil(now, HOUR)
+    windows = {key: (end - now) + span if key == "1h" else span for key, span in RANGES.items()}
+    pairs = [(service.id, location) for location in locations]
+    summaries = latency_summaries(pairs, tuple(windows.values()), end)
+    return {
+        key: [SummaryRow(name, summaries[(service.id, name)][window].get("total") or NO_LATENCY) for name in locations]
+        for key, window in windows.items()
+    }
+
+
+# --- The status timeline -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Counts of one period's results: up (and warning among them), down, missed and other unmeasured."""
+
+    start: dt.datetime
+    end: dt.datetime
+    up: int = 0
+    warning: int = 0
+    down: int = 0
+    missed: int = 0
+    unmeasured: int = 0  # status unknown for another reason: an internal or a configuration error
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.up or self.down)
+
+    @property
+    def status(self) -> str | None:
+        """Return the worst measured status (down, warning, up), or None when nothing was measured."""
+        if self.down:
+            return "down"
+        if self.warning:
+            return "warning"
+        return "up" if self.up else None
+
+
+def timeline(service: Service, now: dt.datetime) -> list[Bucket]:
+    """Return the last 24 h as 96 buckets of 15 min, oldest first, from one grouped query on the raw results."""
+    end = _ceil_quarter(now)
+    start = end - DAY
+    rows = (
+        ProbeResult.objects.filter(service=service, started_at__gte=start, started_at__lt=end)
+        .annotate(
+            hour=Trunc("started_at", "hour", tzinfo=dt.UTC),
+            quarter=Floor(ExtractMinute("started_at", tzinfo=dt.UTC) / 15),
+        )
+        .values("hour", "quarter", "status")
+        .annotate(n=Count("id"), missed=Count("id", filter=Q(failure="missed")))
+        .values_list("hour", "quarter", "status", "n", "missed")
+    )
+    counts: dict[dt.datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for hour, quarter, status, n, missed in rows:
+        tally = counts[hour + int(quarter) * QUARTER]
+        if status in OK_STATUSES:
+            tally["up"] += n
+            tally["warning"] += n if status == "warning" else 0
+        elif status == "down":
+            tally["down"] += n
+        else:
+            tally["missed"] += missed
+            tally["unmeasured"] += n - missed
+    starts = [start + index * QUARTER for index in range(TIMELINE_BUCKETS)]
+    return [Bucket(moment, moment + QUARTER, **counts.get(moment, {})) for moment in starts]
+
+
+def _ceil_quarter(moment: dt.datetime) -> dt.datetime:
+    hour = floor(moment, HOUR)
+    return hour + QUARTER * -(-(moment - hour) // QUARTER)
+
+
+def daily_row(service: Service, now: dt.datetime) -> list[Bucket]:
+    """Return the 30 whole days before today from `DailyRollup` (every location summed); an empty day is a gap."""
+    today = floor(now, DAY)
+    first = today - DAILY_BARS * DAY
+    counts: dict[dt.datetime, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    rows = DailyRollup.objects.filter(service=service, start__gte=first, start__lt=today)
+    for start, count, up, unknown in rows.values_list("start", "count", "up_count", "unknown_count"):
+        counts[start]["up"] += up
+        counts[start]["down"] += count - up - unknown
+        counts[start]["missed"] += unknown  # rollups count every unmeasured slot together
+    days = [first + index * DAY for index in range(DAILY_BARS)]
+    return [Bucket(day, day + DAY, **counts.get(day, {})) for day in days]
+
+
+# --- Lists ----------------------------------------------------------------------------------------
+
+
+def recent_results(service: Service, now: dt.datetime) -> list[ProbeResult]:
+    """Return the service's latest results (every location), newest first, from the last 24 h only."""
+    latest = ProbeResult.objects.filter(service=service, started_at__gte=now - DAY).order_by("-started_at", "-id")
+    return list(latest[:RECENT_RESULTS])
+
+
+def incidents(service: Service) -> list[Incident]:
+    """Return the service's latest incidents, newest first."""
+    return list(Incident.objects.filter(service=service).order_by("-started_at", "-id")[:RECENT_INCIDENTS])
+
+
+# --- Certificates and greetings -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """What the page shows of one TLS connection's certificate (a `TLSFacts.to_dict()`), days counted from now."""
+
+    location: str  # or several: "eu, us"
+    where: str  # "" for the service's connection, else the redirect hop: "hop 2: https://..."
+    subject: str
+    issuer: str
+    sans: list[str]
+    not_after: dt.datetime | None
+    days_left: float | None
+    first_expiry: str  # when a certificate other than the leaf expires first: its role and subject
+    first_expiry_days: float | None
+    version: str
+    cipher: str
+    fingerprint: str
+    verified: bool
+    verify_error: str
+
+
+def certificates(service_states: Sequence[ServiceState], now: dt.datetime) -> list[Certificate]:
+    """Return the certificates of each location's last probe: every redirect hop's, else the connection's.
+
+    Locations that saw the same certificate on the same connection share one entry ("eu, us").
+    """
+    found: list[Certificate] = []
+    for state in service_states:
+        details = state.details if isinstance(state.details, dict) else {}
+        hops = [hop for hop in details.get("hops") or [] if isinstance(hop, dict)]
+        with_tls = [(number, hop) for number, hop in enumerate(hops, 1) if isinstance(hop.get("tls"), dict)]
+        for number, hop in with_tls:
+            where = f"hop {number}: {hop.get('url', '')}" if len(hops) > 1 else ""
+            found.append(certificate(hop["tls"], now, state.location, where))
+        if not with_tls and isinstance(state.tls, dict):
+            found.append(certificate(state.tls, now, state.location))
+    merged: dict[tuple, Certificate] = {}
+    for cert in found:
+        key = (cert.where, cert.fingerprint, cert.version, cert.cipher, cert.verified, cert.verify_error)
+        seen = merged.get(key)
+        merged[key] = dataclasses.replace(seen, location=f"{seen.location}, {cert.location}") if seen else cert
+    return list(merged.values())
+
+
+def certificate(tls: Mapping[str, Any], now: dt.datetime, location: str = "", where: str = "") -> Certificate:
+    """Return what the page shows of one `TLSFacts.to_dict()`."""
+    not_after = _moment(tls.get("not_after"))
+    stored_left = _number(tls.get("days_left"))
+    days_left = (not_after - now).total_seconds() / 86400 if not_after else stored_left
+    first_expiry, first_days = "", None
+    role, chain_left = tls.get("chain_expiry_role"), _number(tls.get("chain_days_left"))
+    if role and role != "leaf" and chain_left is not None and stored_left is not None and days_left is not None:
+        first_expiry = f"{role} {tls.get('chain_expiry_subject') or ''}".strip()
+        first_days = days_left - (stored_left - chain_left)  # the same lead over the leaf as at the handshake
+    return Certificate(
+        location=location,
+        where=where,
+        subject=str(tls.get("subject") or ""),
+        issuer=str(tls.get("issuer") or ""),
+        sans=[str(name) for name in tls.get("sans") or []],
+        not_after=not_after,
+        days_left=days_left,
+        first_expiry=first_expiry,
+        first_expiry_days=first_days,
+        version=str(tls.get("version") or ""),
+        cipher=str(tls.get("cipher") or ""),
+        fingerprint=str(tls.get("fingerprint_sha256") or ""),
+        verified=bool(tls.get("verified")),
+        verify_error=str(tls.get("verify_error") or ""),
+    )
+
+
+def _moment(value: object) -> dt.datetime | None:
+    try:
+        return dt.datetime.fromisoformat(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+MAX_GREETING_BYTES = 4096  # the engine bounds banners and replies already; a page still shows at most this
+# Protocol details shown with the greeting, as (key, heading): the keys smtp.py, pop3.py, imap.py,
+# http.py and tcp.py fill. A mapping is shown one "KEY value" per line, a list one item per line.
+GREETING_DETAILS = (
+    ("extensions", "EHLO"),
+    ("extensions_after_tls", "EHLO after STARTTLS"),
+    ("capabilities", "Capabilities"),
+    ("capabilities_after_tls", "Capabilities after STARTTLS"),
+    ("content_type", "Content-Type"),
+    ("location", "Location"),
+    ("matched", "Matched"),
+)
+
+
+@dataclass(frozen=True)
+class Greeting:
+    locations: str  # the locations whose last probe saw this text, "default" or "eu, us"
+    text: str
+    truncated: bool
+
+
+def greeting_text(banner: str, details: Mapping[str, Any] | None) -> tuple[str, bool]:
+    """Return (text, truncated): the banner and the announced capabilities, at most `MAX_GREETING_BYTES`."""
+    details = details if isinstance(details, Mapping) else {}
+    blocks = [banner.rstrip()] if banner else []
+    for key, heading in GREETING_DETAILS:
+        value = details.get(key)
+        if isinstance(value, Mapping):
+            lines = [f"  {name} {parameters}".rstrip() for name, parameters in value.items()]
+            blocks.append("\n".join([f"{heading}:", *lines]))
+        elif isinstance(value, (list, tuple)):
+            blocks.append("\n".join([f"{heading}:", *(f"  {item}" for item in value)]))
+        elif value not in (None, ""):
+            blocks.append(f"{heading}: {value}")
+    return _bounded("\n\n".join(blocks))
+
+
+def _bounded(text: str) -> tuple[str, bool]:
+    encoded = text.encode("utf-8")
+    if len(encoded) <= MAX_GREETING_BYTES:
+        return text, False
+    return encoded[:MAX_GREETING_BYTES].decode("utf-8", "ignore"), True
+
+
+def greetings(service_states: Sequence[ServiceState], results: Sequence[ProbeResult]) -> list[Greeting]:
+    """Return what each location's last measured probe heard, locations that heard the same text together.
+
+    A missed slot becomes the state's `last_result` but keeps its `details`, so the banner comes
+    from the latest measured result: the state's own, else the newest among `results` (newest first).
+    """
+    heard: dict[tuple[str, bool], list[str]] = {}
+    for state in service_states:
+        measured = [state.last_result] if state.last_result else []
+        measured += [result for result in results if result.location == state.location]
+        banner = next((result.banner for result in measured if result.status != "unknown"), "")
+        text, truncated = greeting_text(banner, state.details)
+        if text:
+            heard.setdefault((text, truncated), []).append(state.location)
+    return [Greeting(", ".join(locations), text, truncated) for (text, truncated), locations in heard.items()]
