@@ -389,14 +389,15 @@ def _bounded(text: str) -> tuple[str, bool]:
 def greetings(service_states: Sequence[ServiceState], results: Sequence[ProbeResult]) -> list[Greeting]:
     """Return what each location's last measured probe heard, locations that heard the same text together.
 
-    A missed slot becomes the state's `last_result` but keeps its `details`, so the banner comes
-    from the latest measured result: the state's own, else the newest among `results` (newest first).
+    The banner is the newest one heard: the state's last result's, else the newest among `results`
+    (newest first). A missed slot or a refused connection heard nothing, and must not hide what the
+    server said a minute earlier.
     """
     heard: dict[tuple[str, bool], list[str]] = {}
     for state in service_states:
         measured = [state.last_result] if state.last_result else []
         measured += [result for result in results if result.location == state.location]
-        banner = next((result.banner for result in measured if result.status != "unknown"), "")
+        banner = next((result.banner for result in measured if result.banner), "")
         text, truncated = greeting_text(banner, state.details)
         if text:
             heard.setdefault((text, truncated), []).append(state.location)

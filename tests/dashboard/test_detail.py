@@ -395,6 +395,12 @@ def test_the_greeting_stays_after_a_missed_slot(viewer):
     assert "<pre>220 still here</pre>" in element(page(viewer, service), "greeting")
 
 
+def test_the_greeting_stays_after_the_server_stopped_answering(viewer):
+    service = make_service()
+    probes(service, [result_with(banner="220 heard before"), DOWN, DOWN])
+    assert "<pre>220 heard before</pre>" in element(page(viewer, service), "greeting")
+
+
 def test_a_greeting_is_cut_at_4_kb():
     text, truncated = detail.greeting_text("220 ok", {"capabilities": ["X" * 100] * 100})
     assert truncated and len(text.encode()) == detail.MAX_GREETING_BYTES
