@@ -33,7 +33,10 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 10, 10, 24
 # Consecutive points further apart than this many steps are drawn as separate areas: a stretch
 # with nothing measured (down, missed) must show as a hole, not as a line interpolated across it.
 BREAK_AFTER_STEPS = 2.5
-LONE_POINT_HALF_WIDTH = 1.5  # a point with no neighbour is drawn as a thin bar of this half-width
+# A point with no neighbour is drawn as a bar this share of a step wide on each side (a new
+# service's first hour on the 24 h chart was a 3-unit sliver at the edge), and at least 1.5 units.
+LONE_POINT_HALF_STEP = 0.4
+LONE_POINT_MIN_HALF_WIDTH = 1.5
 
 TIME_STEPS = [dt.timedelta(minutes=m) for m in (1, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 4320, 10080)]
 
@@ -119,7 +122,8 @@ def latency_chart(points: Sequence[Point], start: dt.datetime, end: dt.datetime,
     for stretch in _stretches(points, step * BREAK_AFTER_STEPS):
         xs = [plot.x(point.at) for point in stretch]
         if len(xs) == 1:  # a lone point gets a width, else its polygon has no area
-            xs = [xs[0] - LONE_POINT_HALF_WIDTH, xs[0] + LONE_POINT_HALF_WIDTH]
+            half = max(LONE_POINT_MIN_HALF_WIDTH, (plot.x(start + step) - plot.x(start)) * LONE_POINT_HALF_STEP)
+            xs = [max(plot.x(start), xs[0] - half), min(plot.x(end), xs[0] + half)]
             stretch = [stretch[0], stretch[0]]
         for index in reversed(range(len(PHASES))):
             tops = [plot.y(sum(point.phases[: index + 1])) for point in stretch]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from dashboard import charts
 from dashboard.charts import Point
 from dashboard.detail import Bucket
@@ -41,9 +43,10 @@ def test_a_single_missed_slot_does_not_break_the_area():
     assert len(chart_of(points).areas) == len(charts.PHASES)
 
 
-def test_a_lone_point_is_drawn_with_a_width():
+def test_a_lone_point_is_drawn_as_a_bar_most_of_a_step_wide():
     xs = [x for x, _ in polygon(chart_of([Point(START + 30 * MINUTE, (0.001,) * 5)]).areas[0])]
-    assert max(xs) - min(xs) == 2 * charts.LONE_POINT_HALF_WIDTH
+    step_width = (charts.WIDTH - charts.LEFT - charts.RIGHT) / 60  # the chart spans an hour of minute steps
+    assert max(xs) - min(xs) == pytest.approx(2 * charts.LONE_POINT_HALF_STEP * step_width, abs=0.2)
 
 
 def test_points_are_placed_by_time_across_the_box():
