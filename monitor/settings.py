@@ -188,6 +188,12 @@ CELERY_BEAT_SCHEDULE = {
     "update-rollups": {"task": "portwatch.update_rollups", "schedule": 60.0, "options": {"expires": 55.0}},
     "prune": {"task": "portwatch.prune", "schedule": 3600.0, "options": {"expires": 3300.0}},
     "sweep": {"task": "portwatch.sweep", "schedule": 15.0, "options": {"expires": 14.0}},
+    # dashboard/tasks.py: public status pages are read here, not while a visitor waits.
+    "refresh-status-pages": {
+        "task": "portwatch.refresh_status_pages",
+        "schedule": 30.0,
+        "options": {"expires": 25.0},
+    },
 }
 
 # The daemon. Each is read once here; `docs/architecture.md` shows where they act.

@@ -34,7 +34,7 @@ from dashboard.models import StatusPage
 from monitor.models import Service
 
 FRAGMENT = "status"  # the region that refreshes: overall status, components, incidents
-REFRESH_SECONDS = 60
+REFRESH_SECONDS = 60  # the status region's refresh in the browser; beat re-reads the page every 30 s
 BADGE_MAX_AGE = 60  # seconds; README renderers (GitHub's camo) and browsers may reuse a badge this long
 
 
@@ -45,7 +45,7 @@ def status_page(request: HttpRequest, slug: str) -> HttpResponse:
     query["fragment"] = FRAGMENT
     context = {
         "page": page,
-        "status": statuspage.read(page),
+        "status": statuspage.cached_read(page),
         "nav": "",
         "refresh_url": f"{request.path}?{query.urlencode()}",
         "refresh_seconds": REFRESH_SECONDS,
@@ -59,7 +59,7 @@ def status_json(request: HttpRequest, slug: str) -> JsonResponse:
     """Return the page's summary as JSON (schema in the module docstring)."""
     page = _visible_page(request, slug)
     url = request.build_absolute_uri(reverse("status_page", args=[page.slug]))
-    return JsonResponse(summary(statuspage.read(page), url), json_dumps_params={"ensure_ascii": False})
+    return JsonResponse(summary(statuspage.cached_read(page), url), json_dumps_params={"ensure_ascii": False})
 
 
 def badge(request: HttpRequest, token: str, kind: str) -> HttpResponse:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
+from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from dashboard import statuspage
+from dashboard import statuspage, statuspage_sql
 from dashboard.models import StatusComponent, StatusPage
+from dashboard.tasks import refresh_status_pages
 from monitor.daemon.rollups import update_rollups
 from monitor.models import DailyRollup, HourlyRollup, Service
 from monitor.probes import Failure, Phases, Result, Status
@@ -21,6 +23,12 @@ MINUTE, HOUR, DAY = dt.timedelta(minutes=1), dt.timedelta(hours=1), dt.timedelta
 NOW = dt.datetime(2026, 11, 12, 10, 30, tzinfo=dt.UTC)
 TODAY = dt.datetime(2026, 11, 12, tzinfo=dt.UTC)
 MISSED = Result(Status.UNKNOWN, Failure.MISSED, "no worker took the slot", Phases())
+
+
+@pytest.fixture(autouse=True)
+def empty_cache():
+    """Start every test without a page read by an earlier one (ids repeat across rolled-back tests)."""
+    cache.clear()
 
 
 def page_of(*services: Service, tag: str = "", **fields) -> StatusPage:
@@ -254,11 +262,103 @@ def busy_page(count: int) -> StatusPage:
 
 
 @pytest.mark.parametrize("count", [2, 20])
-def test_the_reader_takes_nine_queries_whatever_the_number_of_services(count):
+def test_the_reader_takes_seven_queries_whatever_the_number_of_services(count):
     page = busy_page(count)
     with CaptureQueriesContext(connection) as queries:
         status = statuspage.read(page, NOW)
-    assert (len(queries), len(status.incidents)) == (9, count)
+    assert (len(queries), len(status.incidents)) == (7, count)
+
+
+@pytest.mark.parametrize("scan_by_time", [False, True])
+def test_both_ways_of_finding_the_rows_give_the_same_page(monkeypatch, scan_by_time):
+    page = busy_page(4)
+    monkeypatch.setattr(statuspage_sql, "SCAN_BY_TIME", 0 if scan_by_time else 10**9)
+    days = statuspage.read(page, NOW).components[-1].days
+    assert [(day.down_minutes, day.uptime, day.unmeasured_minutes) for day in days[-6:]] == [
+        (10.0, 1430 / 1440, 0.0),
+        (None, None, 0.0),
+        (None, None, 0.0),
+        (None, None, 0.0),
+        (None, None, 0.0),
+        (3.0, 99 / 102, 1.0),  # 93 probes rolled up, 10 raw of which one missed
+    ]
+
+
+# --- The worst of a component's parts, taken in SQL --------------------------------------------------
+
+
+def test_two_services_of_a_tag_down_at_different_times_of_a_day_show_the_worst_not_the_sum():
+    smtp, imap = make_service("smtp", tags="mail", interval=60), make_service("imap", tags="mail", interval=60)
+    daily(smtp, TODAY - 3 * DAY, count=1440, up=1430)
+    daily(imap, TODAY - 3 * DAY, count=1440, up=1425)
+    assert day_of(page_of(tag="mail"), dt.date(2026, 11, 9)).down_minutes == 15
+
+
+def test_the_lowest_uptime_and_most_unmeasured_minutes_may_come_from_different_services():
+    fast = make_service("fast", tags="mail", interval=60)
+    slow = make_service("slow", tags="mail", interval=300, timeout=5.0)
+    daily(fast, TODAY - 3 * DAY, count=1440, up=1380, unknown=50)  # 10 min down, 50 min not measured
+    daily(slow, TODAY - 3 * DAY, count=288, up=280, unknown=2)  # 30 min down, 10 min not measured
+    day = day_of(page_of(tag="mail"), dt.date(2026, 11, 9))
+    assert (day.down_minutes, day.uptime, day.unmeasured_minutes) == (30, 280 / 286, 50)
+
+
+def test_unknown_slots_of_a_tag_component_are_not_counted_as_down():
+    service = make_service("smtp", tags="mail", interval=60)
+    daily(service, TODAY - 3 * DAY, count=1440, up=1420, unknown=20)
+    day = day_of(page_of(tag="mail"), dt.date(2026, 11, 9))
+    assert (day.fill, day.down_minutes, day.unmeasured_minutes) == ("up", 0, 20)
+
+
+def test_a_service_without_measurements_leaves_the_day_to_the_measured_one():
+    measured, missed = make_service("smtp", tags="mail", interval=60), make_service("imap", tags="mail", interval=60)
+    daily(measured, TODAY - 3 * DAY, count=1440, up=1440)
+    daily(missed, TODAY - 3 * DAY, count=1440, up=0, unknown=1440)
+    day = day_of(page_of(tag="mail"), dt.date(2026, 11, 9))
+    assert (day.fill, day.uptime, day.unmeasured_minutes) == ("up", 1.0, 1440)
+
+
+def test_a_day_without_rollups_between_two_measured_days_is_a_gap():
+    service = make_service("smtp", tags="mail", interval=60)
+    daily(service, TODAY - 4 * DAY, count=1440, up=1440)
+    daily(service, TODAY - 2 * DAY, count=1440, up=1440)
+    page = page_of(tag="mail")
+    assert [day_of(page, dt.date(2026, 11, n)).fill for n in (8, 9, 10)] == ["up", "gap", "up"]
+
+
+def test_a_tag_with_an_underscore_matches_only_itself():
+    make_service("a", tags="eu_west", interval=60)
+    other = make_service("b", tags="euxwest", interval=60)  # '_' would match any character in LIKE
+    daily(other, TODAY - 3 * DAY, count=1440, up=0)
+    assert day_of(page_of(tag="eu_west"), dt.date(2026, 11, 9)).fill == "gap"
+
+
+def test_the_90_day_uptime_of_a_tag_is_its_lowest_service_not_its_lowest_day():
+    steady, shaky = make_service("steady", tags="mail", interval=60), make_service("shaky", tags="mail", interval=60)
+    daily(steady, TODAY - 3 * DAY, count=1440, up=1340)
+    daily(steady, TODAY - 2 * DAY, count=1440, up=1440)
+    daily(shaky, TODAY - 3 * DAY, count=1440, up=1400)
+    daily(shaky, TODAY - 2 * DAY, count=1440, up=1390)
+    assert statuspage.read(page_of(tag="mail"), NOW).components[0].uptime_90d == 2780 / 2880
+
+
+# --- The cache ------------------------------------------------------------------------------------------
+
+
+def test_a_second_cached_read_runs_no_queries():
+    page = page_of(make_service())
+    statuspage.cached_read(page)
+    with CaptureQueriesContext(connection) as queries:
+        statuspage.cached_read(page)
+    assert len(queries) == 0
+
+
+def test_editing_the_page_reads_it_again():
+    page = page_of(make_service())
+    statuspage.cached_read(page)
+    page.title = "Renamed"
+    page.save()
+    assert statuspage.cached_read(page).page.title == "Renamed"
 
 
 def test_a_recovery_step_never_shows_the_servers_greeting_even_with_reasons():
@@ -266,3 +366,22 @@ def test_a_recovery_step_never_shows_the_servers_greeting_even_with_reasons():
     probes(service, [UP, DOWN, DOWN, UP], until=NOW)
     incident = statuspage.read(page_of(service, show_reasons=True), NOW).incidents[0]
     assert [step.reason for step in incident.steps] == ["connection refused", None]
+
+
+def test_the_beat_task_reads_every_page_ahead_so_visitors_run_no_page_queries():
+    first = page_of(make_service("mail"))
+    second = StatusPage.objects.create(slug="web", title="Web")
+    StatusComponent.objects.create(page=second, service=make_service("web"), position=0)
+    assert refresh_status_pages() == 2
+    with CaptureQueriesContext(connection) as queries:
+        statuspage.cached_read(first), statuspage.cached_read(second)
+    assert len(queries) == 0
+
+
+def test_the_refresh_task_is_registered_with_celery_and_scheduled_by_beat(settings):
+    from monitor.celery import app
+
+    app.loader.import_default_modules()
+    assert "portwatch.refresh_status_pages" in app.tasks
+    entry = settings.CELERY_BEAT_SCHEDULE["refresh-status-pages"]
+    assert entry["schedule"] == statuspage.REFRESH_SECONDS < statuspage.CACHE_SECONDS
