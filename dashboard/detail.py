@@ -17,13 +17,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Avg, Count, Q
-from django.db.models.functions import ExtractMinute, Floor, Trunc
+from django.db.models import Avg, Count, F, FloatField, Q, Sum
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, ExtractMinute, Floor, Trunc
 
 from dashboard.charts import PHASES, Point
 from monitor.models import DailyRollup, HourlyRollup, Incident, ProbeResult, Service, ServiceState
 from monitor.readers import latency_summaries
-from monitor.stats import DAY, HOUR, OK_STATUSES, ceil, combine, floor
+from monitor.stats import DAY, HOUR, OK_STATUSES, ceil, floor
 
 RANGES = {"1h": HOUR, "24h": DAY, "7d": 7 * DAY, "30d": 30 * DAY}
 RANGE_LABELS = {"1h": "1 h", "24h": "24 h", "7d": "7 d", "30d": "30 d"}
@@ -80,8 +81,9 @@ class Series:
 def latency_series(service: Service, key: str, now: dt.datetime) -> Series:
     """Return the chart's points for range `key`: probes for 1 h, else hourly averages (all locations together).
 
-    24 h, 7 d and 30 d read `HourlyRollup` (24, 168 or 720 points), and raw results of the last two
-    hours for an hour not rolled up yet (the current one, and the last one during the rollup's grace).
+    24 h, 7 d and 30 d read `HourlyRollup` (24, 168 or 720 points, averaged in SQL), and raw results of
+    the last two hours for an hour not rolled up yet (the current one, and the last one during the
+    rollup's grace).
     """
     if key == "1h":
         rows = (
@@ -93,17 +95,11 @@ def latency_series(service: Service, key: str, now: dt.datetime) -> Series:
         return Series(_per_interval(reversed(rows), step), now - HOUR, now, step, "each successful probe")
     current = floor(now, HOUR)
     first = current - RANGES[key] + HOUR
-    hourly: dict[dt.datetime, list[tuple[int, dict]]] = defaultdict(list)
-    for start, up, latency in HourlyRollup.objects.filter(service=service, start__gte=first).values_list(
-        "start", "up_count", "latency"
-    ):
-        hourly[start].append((up, latency))
-    points = {hour: _hour_point(hour, parts) for hour, parts in hourly.items()}
+    points = {hour: Point(hour, phases) for hour, phases in _rolled_up_hours(service, first).items()}
     for hour, phases in _recent_hours(service, current - HOUR).items():
-        if points.get(hour) is None:  # not rolled up yet: from its raw results
+        if hour not in points:  # not rolled up yet: from its raw results
             points[hour] = Point(hour, phases)
-    ordered = [point for _, point in sorted(points.items()) if point is not None]
-    return Series(ordered, first, now, HOUR, "hourly averages of successful probes")
+    return Series([points[hour] for hour in sorted(points)], first, now, HOUR, "hourly averages of successful probes")
 
 
 def _per_interval(rows: Iterable[tuple], step: dt.timedelta) -> list[Point]:
@@ -120,10 +116,25 @@ def _per_interval(rows: Iterable[tuple], step: dt.timedelta) -> list[Point]:
     ]
 
 
-def _hour_point(hour: dt.datetime, parts: list[tuple[int, dict]]) -> Point | None:
-    """Return the hour's average phases over its locations (weighted by successful probes); None if none."""
-    latency = combine(parts)
-    return Point(hour, tuple(latency[phase]["avg"] for phase in PHASES)) if latency else None
+def _rolled_up_hours(service: Service, first: dt.datetime) -> dict[dt.datetime, tuple[float, ...]]:
+    """Return {hour: average phases} from `HourlyRollup` since `first`, the locations weighted by successful probes.
+
+    Each phase's `avg` is taken out of the latency JSON and weighted in SQL, grouped by hour: the
+    30-day chart read 720 rollups per location with their whole JSON and combined them in Python
+    (`stats.combine()` per hour), ~50 ms of the page at 10,000 services. A rollup without
+    successful probes has an empty latency and counts for nothing, as in `combine()`.
+    """
+    weighted = {
+        phase: Sum(F("up_count") * Cast(KT(f"latency__{phase}__avg"), FloatField()), output_field=FloatField())
+        for phase in PHASES
+    }
+    rows = (
+        HourlyRollup.objects.filter(service=service, start__gte=first, up_count__gt=0, latency__has_key=PHASES[0])
+        .values("start")
+        .annotate(probes=Sum("up_count"), **weighted)
+        .values_list("start", "probes", *PHASES)
+    )
+    return {start: tuple(value / probes for value in phases) for start, probes, *phases in rows}
 
 
 def _recent_hours(service: Service, since: dt.datetime) -> dict[dt.datetime, tuple[float, ...]]:

@@ -6,16 +6,23 @@ the same filters, sort and page, for the live refresh.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from django.core.paginator import Page, Paginator
 from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.functional import cached_property
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from django.utils.text import Truncator
 
 from dashboard import overview as reader
 from dashboard.access import viewer_required
-from dashboard.templatetags.portwatch import status_label
+from dashboard.templatetags.portwatch import DASH, ago, days, ms, percent, span, status_badge, status_label
 from monitor.models.service import PROTOCOL_CHOICES
+from monitor.readers import Uptime
 
 REFRESH_EVERY = 15  # seconds
 
@@ -49,18 +56,92 @@ def _summary_context(request: HttpRequest) -> dict:
     }
 
 
+class _Pages(Paginator):
+    """Count the matching services without the sort: a sort joining and grouping the states made the count do so too."""
+
+    def __init__(self, filters: reader.Filters) -> None:
+        super().__init__(reader.services(filters), reader.page_size())
+        self.filters = filters
+
+    @cached_property
+    def count(self) -> int:
+        return reader.matching(self.filters).count()
+
+
 def _rows_context(request: HttpRequest, filters: reader.Filters) -> dict:
-    paginator = Paginator(reader.services(filters), reader.page_size())
+    paginator = _Pages(filters)
     page = paginator.get_page(request.GET.get("page"))
     return {
         "page": page,
-        "rows": reader.rows(list(page), timezone.now()),
+        "rows": [_line(row) for row in reader.rows(list(page), timezone.now())],
         "showing": _showing(page),
         "rows_url": _url(request, fragment="rows"),
         "previous_url": _url(request, page=page.previous_page_number()) if page.has_previous() else "",
         "next_page_url": _url(request, page=page.next_page_number()) if page.has_next() else "",
         "sorts": _sort_links(request, filters.sort),
     }
+
+
+@dataclass(frozen=True)
+class Line:
+    """A row as the table shows it: every cell's text computed here, once.
+
+    The template used to format each cell through filters and tags (some 40 variable lookups a
+    row, ~20 ms of a 50-row page); now it only prints these. Text is escaped by the template as
+    before; the cells holding markup are built with `format_html`, which escapes what they hold.
+    """
+
+    id: int
+    name: str
+    url: str
+    kind: str  # "SMTP mail.example.net:25"
+    sources: str  # "eu-west (Up), us-east (Down)"; a single location without its status
+    status: SafeString
+    reason: str
+    since: str
+    latency: str
+    spark: reader.Spark | None
+    uptimes: list[str]  # 24 h, 7 d, 30 d
+    cert: str
+    last_check: str
+    missed: int
+
+
+def _line(row: reader.Row) -> Line:
+    now = timezone.now()
+    several = len(row.locations) > 1
+    return Line(
+        id=row.service.id,
+        name=row.service.name,
+        url=reverse("service", args=[row.service.id]),
+        kind=f"{row.service.protocol.upper()} {row.address}",
+        sources=", ".join(f"{name} ({status_label(status)})" if several else name for name, status in row.locations),
+        status=status_badge(row.status),
+        reason=Truncator(row.reason).chars(120) if row.reason else "",
+        since="" if row.since is None else span((now - row.since).total_seconds()),
+        latency=ms(row.latency),
+        spark=row.spark,
+        uptimes=[_uptime(counted) for counted in row.uptimes],
+        cert=_cert(row),
+        last_check=ago(row.last_checked_at),
+        missed=row.missed,
+    )
+
+
+def _uptime(counted: Uptime) -> str:
+    if counted.uptime is None:
+        return DASH
+    if counted.coverage < 1:
+        return format_html(
+            '<abbr title="{} of the slots measured">{}</abbr>', percent(counted.coverage), percent(counted.uptime)
+        )
+    return percent(counted.uptime)
+
+
+def _cert(row: reader.Row) -> str:
+    if not row.cert_soon:
+        return days(row.cert_days)
+    return format_html("<strong>⚠ {}{}</strong>", days(row.cert_days), " (expires soon)" if row.cert_days >= 0 else "")
 
 
 def _showing(page: Page) -> str:

@@ -235,6 +235,20 @@ def test_the_24h_chart_takes_rolled_up_hours_and_the_current_hour_from_raw_resul
     assert series.points[0].phases[1] == 0.02  # the rollup's average
 
 
+def test_a_rolled_up_hour_weights_each_location_by_its_successful_probes():
+    now = floor(timezone.now(), HOUR) + dt.timedelta(minutes=30)
+    service = make_service(locations="eu,us")
+    hour = floor(now, HOUR) - 2 * HOUR
+    for location, up, avg in (("eu", 30, 0.01), ("us", 10, 0.05), ("eu", 0, 9.0)):  # no successes: counts for nothing
+        latency = {phase: {"min": avg, "avg": avg, "max": avg, "p95": avg} for phase in (*detail.PHASES, "total")}
+        at = hour if up else hour - HOUR
+        HourlyRollup.objects.create(
+            service=service, location=location, start=at, count=60, up_count=up, latency=latency
+        )
+    points = detail.latency_series(service, "30d", now).points
+    assert [(point.at, round(point.phases[1], 6)) for point in points] == [(hour, 0.02)]  # (30 x 10 + 10 x 50) / 40 ms
+
+
 def test_an_hour_not_rolled_up_yet_comes_from_its_raw_results():
     now = floor(timezone.now(), HOUR) - 3 * HOUR + dt.timedelta(minutes=2)
     service = make_service()

@@ -250,6 +250,15 @@ def test_sorting_orders_the_rows(viewer, fleet, sort, expected):
     assert names_in(page(viewer, sort=sort)) == expected
 
 
+def test_sorting_by_latency_ignores_paused_locations(viewer):
+    probes(make_service("steady"), [Result(Status.UP, None, "ok", Phases(total=0.05), tls=None)])
+    moved = make_service("moved", locations="eu,us")
+    probes(moved, [Result(Status.UP, None, "ok", Phases(total=0.9), tls=None)], location="eu")
+    probes(moved, [Result(Status.UP, None, "ok", Phases(total=0.01), tls=None)], location="us")
+    ServiceState.objects.filter(service=moved, location="eu").update(status="paused")
+    assert names_in(page(viewer, sort="-latency")) == ["steady", "moved"]
+
+
 def test_sorting_by_certificate_puts_the_fewest_days_first_and_services_without_tls_last(viewer):
     probes(make_service("plain"), [UP])
     probes(make_service("later"), [Result(Status.UP, None, "ok", Phases(total=0.01), tls=tls_facts(90))])
