@@ -22,7 +22,7 @@ STATUS_LOOK = {
     "warning": ("▲", "Warning"),
     "down": ("✖", "Down"),
     "unknown": ("?", "Unknown"),
-    "paused": ("‖", "Paused")  # not U+23F8: fonts without emoji (Debian's DejaVu) draw an empty box,
+    "paused": ("‖", "Paused"),  # not U+23F8: fonts without emoji (Debian's DejaVu) draw an empty box,
 }
 
 
