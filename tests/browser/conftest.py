@@ -1,6 +1,6 @@
 """Browser fixtures: Debian's chromium, driven by Playwright, against a real `manage.py runmonitor` stack.
 
-Exposes `site` (one runmonitor per session, on SQLite and the filesystem broker, with an admin, an
+Exposes `site` (one runmonitor for the browser tests, on SQLite and the filesystem broker, with an admin, an
 editor and a viewer), `browser`, `pages` (pages signed in per role and colour scheme, closed after
 each test, with `screenshot()`), `peers` (servers for the monitor to probe, on 127.0.0.1 in a
 background event loop) and the page helpers the scenarios share.
@@ -72,7 +72,10 @@ class Site:
         return f"http://127.0.0.1:{self.monitor.port}"
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API runs an event loop in the main thread until it
+# stops, and every asyncio test after it then failed with "Runner.run() cannot be called from a
+# running event loop" (171 of them in the first full run). Stopped when tests/browser/ is done.
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
     need(sync_playwright is not None, "playwright is not installed (requirements-dev.txt)")
     need(os.access(CHROMIUM, os.X_OK), f"{CHROMIUM} is missing (Debian package chromium)")
@@ -83,9 +86,9 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    """Start `manage.py runmonitor` once for the session, as a user runs it, with our users created first.
+    """Start `manage.py runmonitor` once for the browser tests, as a user runs it, with our users created first.
 
     The superuser exists before runmonitor starts, so its `ensureadmin` creates none.
     """
@@ -98,12 +101,12 @@ def site(browser: Browser, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         monitor.stop(signal.SIGTERM)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shots_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("screenshots")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def sessions(browser: Browser, site: Site) -> dict[str, Any]:
     """Cookies per user, each got once by signing in through the login page."""
     return {}
@@ -255,7 +258,7 @@ class PeerLoop:
         self.thread.join(timeout=10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def peers() -> Iterator[PeerLoop]:
     loop = PeerLoop()
     yield loop

@@ -130,8 +130,10 @@ def test_uptime_without_any_result_is_a_dash(viewer):
 def test_the_sparkline_draws_one_point_per_rolled_up_hour(viewer):
     service = make_service("mail")
     now = dt.datetime.now(dt.UTC)
-    for hours_ago in (5, 4, 3):
-        probes(service, [UP, UP], until=now - dt.timedelta(hours=hours_ago))
+    # Both probes of each pair land mid-hour: near the top of an hour they used to straddle two hours.
+    half_past = now.replace(minute=30, second=0, microsecond=0) - dt.timedelta(hours=1)
+    for hours_ago in (4, 3, 2):
+        probes(service, [UP, UP], until=half_past - dt.timedelta(hours=hours_ago))
     update_rollups(now)
     html = page(viewer)
     points = re.search(
