@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.core import signing
 from django.template.loader import render_to_string
 
-from dashboard.statuspage import RANK
+from dashboard.severity import rank
 from dashboard.templatetags.portwatch import ms, percent
 from monitor import readers
 from monitor.models import Service
@@ -107,7 +107,7 @@ def badge_for(service: Service, kind: str, now: dt.datetime | None = None) -> Ba
     pairs = [(service.id, location) for location in service.location_list]
     if kind == "status":
         found = [state.status for state in current_states([service.id]).values()]
-        status = max(found, key=RANK.__getitem__) if found else "unknown" if service.enabled else "paused"
+        status = max(found, key=rank) if found else "unknown" if service.enabled else "paused"
         return Badge(service.name, status, COLOURS[status])
     if kind == "uptime":
         counts = readers.uptimes(pairs, (UPTIME_WINDOW,), now)

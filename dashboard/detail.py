@@ -22,6 +22,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, ExtractMinute, Floor, Trunc
 
 from dashboard.charts import PHASES, Point
+from dashboard.severity import rank
 from monitor.models import DailyRollup, HourlyRollup, Incident, ProbeResult, Service, ServiceState
 from monitor.readers import latency_summaries
 from monitor.stats import DAY, HOUR, OK_STATUSES, ceil, floor
@@ -35,8 +36,6 @@ TIMELINE_BUCKETS = 96  # 24 h of 15 min
 DAILY_BARS = 30
 RECENT_RESULTS = 50
 RECENT_INCIDENTS = 20
-# How bad a status is, for the one badge a service probed from several locations shows.
-SEVERITY = {"down": 4, "warning": 3, "unknown": 2, "up": 1, "paused": 0}
 
 
 def states(service: Service) -> list[ServiceState]:
@@ -48,7 +47,7 @@ def overall(service_states: Sequence[ServiceState]) -> tuple[str, dt.datetime | 
     """Return the worst status over the locations and since when it holds (the earliest among the worst)."""
     if not service_states:
         return "unknown", None
-    worst = max(service_states, key=lambda state: SEVERITY.get(state.status, 2)).status
+    worst = max(service_states, key=lambda state: rank(state.status)).status
     return worst, min(state.since for state in service_states if state.status == worst)
 
 

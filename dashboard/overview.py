@@ -50,15 +50,13 @@ from django.db.models import (
 from django.db.models.fields.json import KT, KeyTextTransform
 from django.db.models.functions import Cast, Coalesce, ExtractHour
 
+from dashboard.severity import RANK, RANKED, rank
 from dashboard.templatetags.portwatch import ms
 from monitor.models import DEFAULT_LOCATION, HourlyRollup, Service, ServiceState
 from monitor.probes import PROTOCOLS
 from monitor.readers import WINDOWS, Uptime, uptimes
 from monitor.stats import DAY, HOUR, floor
 
-# Worst last: a service's rank is the highest of its locations' ranks.
-RANKED = ("paused", "up", "unknown", "warning", "down")
-RANK = {status: rank for rank, status in enumerate(RANKED)}
 STATUSES = ("up", "warning", "down", "unknown", "paused")  # the order the summary and the filter list them
 PAUSED = "paused"
 
@@ -324,7 +322,7 @@ def _row(service: Service, states: list[ServiceState], spark: Spark | None) -> R
         for location in service.location_list
     ]
     if states:
-        worst = min(states, key=lambda state: (-RANK.get(state.status, RANK["unknown"]), state.since))
+        worst = min(states, key=lambda state: (-rank(state.status), state.since))
         row.since = worst.since
         row.reason = "" if worst.status in ("up", PAUSED) else worst.last_reason
         checked = [state.last_checked_at for state in states if state.last_checked_at]

@@ -46,6 +46,7 @@ from django.utils.html import format_html_join
 from django.utils.safestring import SafeString
 
 from dashboard.models import StatusComponent, StatusPage
+from dashboard.severity import rank
 from dashboard.statuspage_sql import DayRow, component_days
 from dashboard.templatetags.portwatch import percent, span
 from monitor.models import HourlyRollup, Incident, Service, ServiceState, StatusChange
@@ -63,8 +64,6 @@ BAR_RECT = (  # x, fill, tooltip
     f'<rect x="{{}}" y="0" width="{BAR_WIDTH}" height="{BAR_HEIGHT}" rx="1" class="fill-{{}}">'
     "<title>{}</title></rect>"
 )
-# Severity for "the worst of": paused (not probed) counts least, so one disabled service hides nothing.
-RANK = {"paused": 0, "up": 1, "unknown": 2, "warning": 3, "down": 4}
 
 
 @dataclass(frozen=True)
@@ -220,7 +219,7 @@ def read(page: StatusPage, now: dt.datetime | None = None) -> PageStatus:
     history = _history(page, dates, now, len(ids))
     components = []
     for row in rows:
-        status = max((statuses[sid] for sid in members[row.id]), key=RANK.__getitem__, default=UNKNOWN)
+        status = max((statuses[sid] for sid in members[row.id]), key=rank, default=UNKNOWN)
         components.append(_component(_name(row, services), row.group, status, history.get(row.id, ({}, None)), dates))
     names = defaultdict(list)
     for component, row in zip(components, rows, strict=True):
@@ -285,7 +284,7 @@ def _statuses(ids: list[int], services: dict[int, Service]) -> dict[int, str]:
     statuses = {sid: UNKNOWN if services[sid].enabled else "paused" for sid in ids}
     seen: set[int] = set()
     for sid, status in ServiceState.objects.filter(service_id__in=ids).values_list("service_id", "status"):
-        statuses[sid] = status if sid not in seen else max(statuses[sid], status, key=RANK.__getitem__)
+        statuses[sid] = status if sid not in seen else max(statuses[sid], status, key=rank)
         seen.add(sid)
     return statuses
 
