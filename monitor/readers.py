@@ -49,7 +49,7 @@ from django.db.models.functions import Trunc
 
 from monitor.models import DailyRollup, HourlyRollup, ProbeResult, Service, ServiceState
 from monitor.models.history import PHASES
-from monitor.readers_sums import Inside, Stretch, Sums, WindowSums
+from monitor.readers_sums import Stretch, Sums, WindowSums
 from monitor.stats import (
     DAY,
     HOUR,
@@ -346,7 +346,7 @@ class _Summed:
 
     def raw_condition(self) -> Q:
         """Return a filter on the raw results the windows read: their first, partial hours and their tails."""
-        return _mine(self.pairs) & Q(Inside("started_at", _heads_and_tails(self.plans)))
+        return _mine(self.pairs) & within("started_at", _heads_and_tails(self.plans))
 
     def uptimes(self, pair: Pair, raw: _RawCounts) -> dict[dt.timedelta, Uptime]:
         """Return the pair's Uptime per window, added up as `_History.parts()` does, for a pair lacking no rollup."""
