@@ -611,9 +611,14 @@ def _state(p: Plan, pair: Pair, incidents: dict, now: int):
 
 
 def _states(plans: list[Plan], incidents: dict, now: int) -> None:
-    """Create each pair's state, then point it at its newest raw result (one indexed look-up per pair)."""
+    """Create each pair's state, point it at its newest raw result, and write the services' summaries.
+
+    The daemon's state writer keeps `ServiceSummary` with the states; written here in bulk, they get
+    theirs from the same function it calls.
+    """
     from django.db import connection
 
+    from monitor.daemon import summaries
     from monitor.models import ServiceState
 
     ServiceState.objects.bulk_create(
@@ -626,6 +631,7 @@ def _states(plans: list[Plan], incidents: dict, now: int) -> None:
             " WHERE r.service_id = s.service_id AND r.location = s.location"
             " ORDER BY r.started_at DESC LIMIT 1)"
         )
+    summaries.refresh()
 
 
 def _schedules(plans: list[Plan], now: int) -> None:

@@ -2,7 +2,7 @@
 
 Exposes `Filters` (parsed from the query string), `summary()` (whole fleet, one query),
 `services(filters)` (a queryset: filtering, sorting and counting happen in SQL), `matching(filters)`
-(the same, unsorted: what to count), `rows(services, now)` (the page's states, uptimes and
+(the same, unsorted: what to count), `rows(services, now)` (the page's statuses, uptimes and
 sparklines, a fixed number of queries), `page_size()`, `STATUSES`, `SORTS` and `DEFAULT_SORT`.
 
 Decisions:
@@ -10,18 +10,14 @@ Decisions:
 1. **One status per service.** A service probed from several locations has one ServiceState per
    location; its status is the worst of them (down > warning > unknown > up > paused), so it is
    paused only when every location is. A service with no state yet is unknown (paused when
-   disabled). SQL ranks the states with a `Case` and takes their `Max`: grouped over the state
-   table for the summary and the status filter (~7 ms at 10,000 services on PostgreSQL), and as
-   a correlated subquery for the `worst` annotation, which PostgreSQL evaluates for the page's
-   rows only unless the page is sorted by status.
-2. **The other sort keys**, added only when sorting on them: latency is the slowest location's
-   last total, the certificate the fewest days left of any location's chain, the last check the
-   newest. Those three are aggregates over the states joined once and grouped by service (one
-   scan of the state table and a hash join; `worst` then comes from the same join), where a
-   correlated subquery per service was evaluated for all 10,000; "since" stays a subquery. Paused
-   locations (removed ones keep their old state) count for neither latency nor certificate.
-   `rows()` computes the same values in Python for the page alone. Sorting by name (the default)
-   is the cheapest: the unique index on name.
+   disabled). The state writer keeps that worst status, and the other per-service values a row
+   shows and sorts on, in `ServiceSummary` (see its docstring for each value's definition).
+2. **Counting, filtering and sorting read the summaries**: one narrow row per service, indexed on
+   each sort key, joined to the services. Grouping the wide state table by service for every
+   request took ~40 ms at 10,000 services, and sorting by latency read every state's JSON. Sorting
+   by name (the default) is the cheapest: the unique index on name.
+3. **Uptime comes from the five-minutely snapshots** (`readers.recent_uptimes()`), with the moment they
+   were taken, which the page shows; summing rollups for a page's 50 services took ~70 ms.
 """
 
 from __future__ import annotations
@@ -38,23 +34,19 @@ from django.db.models import (
     F,
     FloatField,
     IntegerField,
-    Max,
-    Min,
-    OuterRef,
     Q,
     QuerySet,
-    Subquery,
     Value,
     When,
 )
-from django.db.models.fields.json import KT, KeyTextTransform
+from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, ExtractHour
 
-from dashboard.severity import RANK, RANKED, rank
+from dashboard.severity import RANK, RANKED
 from dashboard.templatetags.portwatch import ms
-from monitor.models import DEFAULT_LOCATION, HourlyRollup, Service, ServiceState
+from monitor.models import DEFAULT_LOCATION, HourlyRollup, Service, ServiceState, ServiceSummary
 from monitor.probes import PROTOCOLS
-from monitor.readers import WINDOWS, Uptime, uptimes
+from monitor.readers import WINDOWS, Uptime, recent_uptimes
 from monitor.stats import DAY, HOUR, floor
 
 STATUSES = ("up", "warning", "down", "unknown", "paused")  # the order the summary and the filter list them
@@ -70,7 +62,9 @@ MAX_FILTER_LENGTH = 100  # longer free text cannot match a name (100) and only c
 # Only what a row shows: Service.options can be large and is not needed here, nor the states'
 # `details` (banners, capabilities) that `current_states()` would load.
 ROW_FIELDS = ("id", "name", "host", "port", "protocol", "tls_mode", "enabled", "tags", "locations", "created")
-STATE_FIELDS = ("service_id", "location", "status", "since", "last_checked_at", "last_reason", "last_phases", "tls")
+SUMMARY_FIELDS = tuple(
+    f"summary__{name}" for name in ("status", "severity", "since", "reason", "latency", "cert_days", "last_checked_at")
+)
 
 
 def page_size() -> int:
@@ -113,58 +107,22 @@ class Filters:
         return bool(self.status or self.protocol or self.tag or self.location or self.q)
 
 
-# --- SQL: per-service values from the ServiceState rows ------------------------------------------
+# --- SQL: per-service values from the ServiceSummary rows ----------------------------------------
 
 
-def _rank(prefix: str = "") -> Case:
-    return Case(
-        *(When(**{f"{prefix}status": status}, then=Value(rank)) for status, rank in RANK.items()),
-        default=Value(RANK["unknown"]),
-        output_field=IntegerField(),
-    )
-
-
-def _of_service(aggregate, *, active_only: bool = False) -> Subquery:
-    """Return `aggregate` over the outer service's states as a correlated subquery."""
-    states = ServiceState.objects.filter(service_id=OuterRef("pk")).order_by()
-    if active_only:
-        states = states.exclude(status=PAUSED)
-    return Subquery(states.values("service_id").annotate(value=aggregate).values("value"))
-
-
-def _worst(*, joined: bool = False) -> Coalesce:
-    """Return the service's worst rank: a correlated subquery, or over the joined states when the query groups them."""
+def _worst() -> Coalesce:
+    """Return the service's worst rank: its summary's; without states yet, unknown (paused if disabled)."""
     no_state = Case(When(enabled=True, then=Value(RANK["unknown"])), default=Value(RANK[PAUSED]))
-    worst = Max(_rank("states__")) if joined else _of_service(Max(_rank()))
-    return Coalesce(worst, no_state, output_field=IntegerField())
+    return Coalesce(F("summary__severity"), no_state, output_field=IntegerField())
 
 
-def _number(field_name: str, key: str) -> Cast:
-    """Return the JSON field's `key` as a float (NULL when absent); `field_name` may go through a relation."""
-    return Cast(KeyTextTransform(key, field_name), FloatField())
-
-
-def _since() -> Coalesce:
-    """When the worst location entered its status (the earliest, on a tie); a service without states: created."""
-    worst_first = (
-        ServiceState.objects.filter(service_id=OuterRef("pk")).annotate(rank=_rank()).order_by("-rank", "since")
-    )
-    return Coalesce(Subquery(worst_first.values("since")[:1]), F("created"))
-
-
-# The sort keys read over the states joined once and grouped by service: PostgreSQL scans the
-# state table once and hash-joins it, where a correlated subquery ran an index probe per service
-# (10,000). Measured on a loaded machine the gain is small (the page query ~70 ms either way):
-# most of it is reading the 21 MB state table, whose `details` and `tls` are stored inline.
-# Each is an aggregate over the `states` relation; paused locations (removed ones keep their old
-# state) count for neither latency nor certificate.
-ACTIVE = ~Q(states__status=PAUSED)
-JOINED_SORTS = {
-    "latency": lambda: Max(_number("states__last_phases", "total"), filter=ACTIVE),
-    "cert": lambda: Min(
-        Coalesce(_number("states__tls", "chain_days_left"), _number("states__tls", "days_left")), filter=ACTIVE
-    ),
-    "last_check": lambda: Max("states__last_checked_at"),
+# Sort keys read from the summary (one narrow row per service, indexed on each); a service without
+# the value (no TLS, never checked) sorts last either way.
+SUMMARY_SORTS = {
+    "latency": lambda: F("summary__latency"),
+    "cert": lambda: F("summary__cert_days"),
+    "last_check": lambda: F("summary__last_checked_at"),
+    "since": lambda: Coalesce(F("summary__since"), F("created")),
 }
 
 
@@ -178,21 +136,11 @@ def _listed(name: str, value: str) -> Q:
     )
 
 
-def _worst_per_service() -> QuerySet:
-    """Return the state table grouped by service, with each service's `worst` rank."""
-    return ServiceState.objects.order_by().values("service_id").annotate(worst=Max(_rank()))
-
-
 def _with_status(status: str) -> Q:
-    """Match services whose worst status is `status`: a semi-join on the state table grouped by service.
-
-    At 10,000 services this costs a few ms, where filtering on the `worst` subquery evaluated it
-    for every service (~35 ms on PostgreSQL), once for the count and again for the page.
-    """
-    matched = Q(pk__in=_worst_per_service().filter(worst=RANK[status]).values("service_id"))
+    """Match services whose worst status is `status`: their summary's, or none yet when unknown or paused."""
+    matched = Q(summary__status=status)
     if status in ("unknown", PAUSED):  # a service without any state yet is unknown, or paused when disabled
-        stateless = ~Q(pk__in=ServiceState.objects.values("service_id")) & Q(enabled=status != PAUSED)
-        matched |= stateless
+        matched |= Q(summary__isnull=True, enabled=status != PAUSED)
     return matched
 
 
@@ -221,35 +169,31 @@ def matching(filters: Filters) -> QuerySet[Service]:
 def _sorted(found: QuerySet[Service], sort: str) -> QuerySet[Service]:
     """Return `found` annotated with `worst` and ordered by `sort` (then by name)."""
     key, descending = sort.removeprefix("-"), sort.startswith("-")
-    if key in JOINED_SORTS:  # the aggregates join the states and group by service: take `worst` from them too
-        found = found.annotate(worst=_worst(joined=True), sort_value=JOINED_SORTS[key]())
-        expression = F("sort_value")
-    else:
-        found = found.annotate(worst=_worst())
-        expression = _since() if key == "since" else None
+    found = found.select_related("summary").only(*ROW_FIELDS, *SUMMARY_FIELDS).annotate(worst=_worst())
     if key == "name":
         return found.order_by(F("name").desc() if descending else F("name").asc())
     if key == "status":  # "status" lists the worst first
         return found.order_by(F("worst").asc() if descending else F("worst").desc(), "name")
-    # Services without the value (no TLS, never checked) come last either way.
+    expression = SUMMARY_SORTS[key]()
     ordered = expression.desc(nulls_last=True) if descending else expression.asc(nulls_last=True)
     return found.order_by(ordered, "name")
 
 
 def summary() -> dict[str, int]:
-    """Return {status: number of services} over the whole fleet, in two queries.
+    """Return {status: number of services} over the whole fleet, in one query on narrow rows.
 
-    Grouping the state table by service and then by rank costs ~7 ms at 10,000 services on
-    PostgreSQL, where a per-service subquery over the service table cost ~40 ms.
+    Each service's status is its summary's, or for one without any state yet unknown (paused when
+    disabled): the services left-joined to their summaries and grouped.
     """
-    counted = _worst_per_service().aggregate(
-        **{status: Count("service_id", filter=Q(worst=rank)) for status, rank in RANK.items()}
+    no_state = Case(When(enabled=True, then=Value("unknown")), default=Value(PAUSED))
+    counted = dict(
+        Service.objects.order_by()
+        .annotate(status=Coalesce(F("summary__status"), no_state))
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .values_list("status", "n")
     )
-    stateless = Service.objects.order_by().filter(~Q(pk__in=ServiceState.objects.values("service_id")))
-    unstated = stateless.aggregate(
-        unknown=Count("pk", filter=Q(enabled=True)), paused=Count("pk", filter=Q(enabled=False))
-    )
-    return {status: counted[status] + unstated.get(status, 0) for status in STATUSES}
+    return {status: counted.get(status, 0) for status in STATUSES}
 
 
 # --- The page: states, uptimes and sparklines of its services only --------------------------------
@@ -274,6 +218,7 @@ class Row:
     latency: float | None = None  # seconds
     spark: Spark | None = None
     uptimes: list[Uptime] = field(default_factory=list)  # over WINDOWS: 24 h, 7 d, 30 d
+    uptimes_as_of: dt.datetime | None = None  # when they were computed: snapshots are up to a few minutes old
     cert_days: float | None = None
     last_checked_at: dt.datetime | None = None
 
@@ -288,19 +233,22 @@ class Row:
 
 
 def rows(page: Sequence[Service], now: dt.datetime) -> list[Row]:
-    """Return the rows of the page's services (annotated by `services()`): four to six queries whatever their number."""
+    """Return the rows of the page's services (from `services()`): three to five queries whatever their number."""
     if not page:
         return []
     ids = [service.id for service in page]
-    states: dict[int, list[ServiceState]] = defaultdict(list)
-    for state in ServiceState.objects.filter(service_id__in=ids).only(*STATE_FIELDS):
-        states[state.service_id].append(state)
+    statuses: dict[int, dict[str, str]] = defaultdict(dict)
+    for service_id, location, status in ServiceState.objects.filter(service_id__in=ids).values_list(
+        "service_id", "location", "status"
+    ):
+        statuses[service_id][location] = status
     pairs = [(service.id, location) for service in page for location in service.location_list]
-    counted = uptimes(pairs, WINDOWS, now)
+    counted, as_of = recent_uptimes(pairs, now)
     sparks = _sparks(ids, now)
     result = []
     for service in page:
-        row = _row(service, states[service.id], sparks.get(service.id))
+        row = _row(service, statuses[service.id], sparks.get(service.id))
+        row.uptimes_as_of = as_of
         row.uptimes = [
             sum(
                 (counted.get((service.id, location), {}).get(window, Uptime()) for location in service.location_list),
@@ -312,29 +260,25 @@ def rows(page: Sequence[Service], now: dt.datetime) -> list[Row]:
     return result
 
 
-def _row(service: Service, states: list[ServiceState], spark: Spark | None) -> Row:
-    """Return a service's row from its states, computed as the SQL sort keys are."""
+def _row(service: Service, statuses: dict[str, str], spark: Spark | None) -> Row:
+    """Return a service's row from its summary (`ServiceSummary`) and its locations' statuses."""
     row = Row(service, RANKED[service.worst], _address(service), spark=spark)
-    by_location = {state.location: state for state in states}
     default = "unknown" if service.enabled else PAUSED
-    row.locations = [
-        (location, by_location[location].status if location in by_location else default)
-        for location in service.location_list
-    ]
-    if states:
-        worst = min(states, key=lambda state: (-rank(state.status), state.since))
-        row.since = worst.since
-        row.reason = "" if worst.status in ("up", PAUSED) else worst.last_reason
-        checked = [state.last_checked_at for state in states if state.last_checked_at]
-        row.last_checked_at = max(checked, default=None)
-    else:
+    row.locations = [(location, statuses.get(location, default)) for location in service.location_list]
+    summary = _summary_of(service)
+    if summary is None:
         row.since = service.created
-    active = [state for state in states if state.status != PAUSED]
-    totals = [_float((state.last_phases or {}).get("total")) for state in active]
-    row.latency = max((total for total in totals if total is not None), default=None)
-    days = [_cert_days(state.tls) for state in active]
-    row.cert_days = min((left for left in days if left is not None), default=None)
+        return row
+    row.since, row.reason, row.last_checked_at = summary.since, summary.reason, summary.last_checked_at
+    row.latency, row.cert_days = summary.latency, summary.cert_days
     return row
+
+
+def _summary_of(service: Service) -> ServiceSummary | None:
+    try:
+        return service.summary
+    except ServiceSummary.DoesNotExist:  # no state yet
+        return None
 
 
 def _address(service: Service) -> str:
@@ -343,17 +287,6 @@ def _address(service: Service) -> str:
         return f"{host}:{service.effective_port()}"
     except ValueError:  # no port and no standard one: validation prevents it, old rows may not
         return host
-
-
-def _float(value: object) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _cert_days(tls: dict | None) -> float | None:
-    if not tls:
-        return None
-    chain = _float(tls.get("chain_days_left"))
-    return chain if chain is not None else _float(tls.get("days_left"))
 
 
 def _sparks(ids: list[int], now: dt.datetime) -> dict[int, Spark]:

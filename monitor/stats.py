@@ -1,8 +1,9 @@
 """Counts and latency statistics of probe results, shared by the rollup writer and the readers.
 
 Exposes the periods `HOUR` and `DAY` with `floor()` / `ceil()`, `nearest_rank()`, `summarize()` (raw
-rows to a `Summary`), `combine()` (latency of several periods into one) and `within()` (a filter on
-time stretches). No queries run here.
+rows to a `Summary`), `combine()` (latency of several periods into one), `within()` (a filter on
+time stretches), and `counted()` with `LATENCY_BUCKETS` and `OUTCOMES` (the cumulative counters
+/metrics exposes). No queries run here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,66 @@ OK_STATUSES = ("up", "warning")  # the service answered as it should
 UNKNOWN = "unknown"  # nothing was measured: a missed slot, an internal error, a configuration error
 
 Latency = dict[str, dict[str, float]]
+
+# The latency histogram's upper bounds, in seconds (Prometheus adds +Inf: the count). /metrics
+# exposes it per service, location and phase from `ServiceState.counters`.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+OUTCOMES = ("up", "warning", "down", "missed", "error")  # what each recorded slot counts as
+# Why a slot got no probe: a bounded label for /metrics' portwatch_missed_slots_total{reason}, found by
+# the words of the reasons the dispatcher, the sweeper, the runner and the prober write ("not probed: ...").
+MISSED_REASONS = (
+    ("never_dispatched", "the slot was never dispatched"),
+    ("unserved", "no worker is serving location"),
+    ("lost", "no result came back"),
+    ("dispatcher_late", "the dispatcher reached this slot"),
+    ("worker_late", "the probe reached the worker"),
+    ("worker_busy", "the worker stayed at its limit"),
+    ("worker_stopped", "the worker stopped before the slot"),
+)
+
+
+def missed_reason(reason: str) -> str:
+    """Return the MISSED_REASONS key of a missed slot's reason, or "other"."""
+    return next((key for key, words in MISSED_REASONS if words in reason), "other")
+
+
+def outcome(status: str, failure: str) -> str:
+    """Return what a result counts as: its status, or for one that measured nothing, missed or error."""
+    if status == UNKNOWN:
+        return "missed" if failure == "missed" else "error"
+    return status
+
+
+def counted(counters: dict, status: str, failure: str, phases: dict[str, float], reason: str | None = None) -> dict:
+    """Return cumulative `counters` with one more result in them.
+
+    {"checks": {outcome: n}, "latency": {phase: {"buckets": [n per LATENCY_BUCKETS bound, cumulative],
+    "count": n, "sum": seconds}}}. Latency counts the results that reached the service (up and
+    warning), as the rollups' latency does: a refused connection's time says nothing of its speed.
+    Given a missed slot's `reason`, it is also counted in {"missed": {MISSED_REASONS key: n}}.
+    """
+    checks = dict(counters.get("checks") or {})
+    kind = outcome(status, failure)
+    checks[kind] = checks.get(kind, 0) + 1
+    latency = dict(counters.get("latency") or {})
+    if status in OK_STATUSES:
+        for phase in PHASES:
+            value = phases.get(phase) or 0.0
+            old = latency.get(phase) or {"buckets": [0] * len(LATENCY_BUCKETS), "count": 0, "sum": 0.0}
+            latency[phase] = {
+                "buckets": [n + (value <= bound) for n, bound in zip(old["buckets"], LATENCY_BUCKETS, strict=True)],
+                "count": old["count"] + 1,
+                "sum": old["sum"] + value,
+            }
+    updated = {"checks": checks, "latency": latency}
+    missed = counters.get("missed")
+    if kind == "missed" and reason is not None:  # given by the writer: {"missed": {MISSED_REASONS key: n}}
+        missed = dict(missed or {})
+        key = missed_reason(reason)
+        missed[key] = missed.get(key, 0) + 1
+    if missed:
+        updated["missed"] = missed
+    return updated
 
 
 class Summary(NamedTuple):

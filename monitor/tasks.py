@@ -2,7 +2,7 @@
 
 Exposes `dispatch` (beat, every second), `probe_batch` (sent by dispatch to `probe.<location>`; it
 hands the jobs to the worker process's prober and returns at once), `sweep` (every 15 s: missed
-slots), `update_rollups` (every minute) and `prune` (hourly). Each is safe to run twice; the beat
+slots), `update_rollups` and `refresh_uptimes` (every minute) and `prune` (hourly). Each is safe to run twice; the beat
 schedule is `CELERY_BEAT_SCHEDULE` in `monitor/settings.py`.
 """
 
@@ -16,7 +16,8 @@ from celery import shared_task
 from django.conf import settings
 
 from monitor.celery import app
-from monitor.daemon import prober, recording, retention, rollups, runner, scheduling, sweeper, workers
+from monitor.daemon import prober, recording, retention, rollups, runner, scheduling, snapshots, sweeper, workers
+from monitor.models import Watermark
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +44,18 @@ def dispatch() -> int:
         probe_batch.apply_async(
             args=[[claim.to_data() for claim in batch.claims]], queue=batch.queue, expires=batch.expires
         )
+    _ran(now)
     return len(sent)
+
+
+# A Watermark: when dispatch last ran, for /metrics' portwatch_dispatcher_last_run_timestamp_seconds.
+DISPATCHED = "dispatched_at"
+
+
+def _ran(now: dt.datetime) -> None:
+    """Note that dispatch ran: one UPDATE a tick, for the alert on a stalled dispatcher."""
+    if not Watermark.objects.filter(name=DISPATCHED).update(moment=now):
+        Watermark.objects.get_or_create(name=DISPATCHED, defaults={"moment": now})
 
 
 def _account_unserved(claims: list[scheduling.Claim], served: set[str]) -> None:
@@ -91,6 +103,12 @@ def sweep() -> int:
 def update_rollups() -> int:
     """Recompute the hourly and daily rollups touched recently."""
     return rollups.update_rollups()
+
+
+@shared_task(name="portwatch.refresh_uptimes", ignore_result=True)
+def refresh_uptimes() -> int:
+    """Recompute every service's uptime over a day, a week and a month, for the overview and /metrics."""
+    return snapshots.refresh()
 
 
 @shared_task(name="portwatch.prune", ignore_result=True)

@@ -60,7 +60,7 @@ def pairs_of(services: dict[str, Service]) -> list[tuple[int, str]]:
 def summed(pairs: list[tuple[int, str]], windows=WINDOWS, now=UNTIL) -> dict:
     """Return what `uptimes()` sums in SQL for each pair: {window: Uptime}, or None for a pair lacking a rollup."""
     plans = readers._plans(windows, now)
-    sums = readers._Summed(pairs, plans)
+    sums = readers._Summed(pairs, plans, readers._mine(pairs))
     raw = readers._RawCounts(sums.raw_condition(), readers._bounds(plans))
     return {pair: None if sums.lacks(pair) else sums.uptimes(pair, raw) for pair in pairs}
 

@@ -71,9 +71,11 @@ class _Pages(Paginator):
 def _rows_context(request: HttpRequest, filters: reader.Filters) -> dict:
     paginator = _Pages(filters)
     page = paginator.get_page(request.GET.get("page"))
+    rows = reader.rows(list(page), timezone.now())
     return {
         "page": page,
-        "rows": [_line(row) for row in reader.rows(list(page), timezone.now())],
+        "rows": [_line(row) for row in rows],
+        "uptimes_as_of": _as_of(rows),
         "showing": _showing(page),
         "rows_url": _url(request, fragment="rows"),
         "previous_url": _url(request, page=page.previous_page_number()) if page.has_previous() else "",
@@ -126,6 +128,14 @@ def _line(row: reader.Row) -> Line:
         last_check=ago(row.last_checked_at),
         missed=row.missed,
     )
+
+
+def _as_of(rows: list[reader.Row]) -> str:
+    """Say how fresh the uptime columns are: they come from snapshots refreshed every five minutes."""
+    moments = [row.uptimes_as_of for row in rows if row.uptimes_as_of]
+    if not moments:
+        return ""
+    return f"Uptime over the last 24 hours, 7 days and 30 days, as of {min(moments):%H:%M:%S} UTC"
 
 
 def _uptime(counted: Uptime) -> str:

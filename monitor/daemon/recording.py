@@ -20,13 +20,16 @@ Decisions:
    (`ServiceState.last_scheduled_at`) is stored as a raw result but does not touch the state,
    changes or incidents: replaying old news would flap the status. Within a batch, each
    service's outcomes are applied in slot order.
-5. **Cost.** One transaction per batch and a fixed number of queries whatever its size (five
+5. **Cost.** One transaction per batch and a fixed number of queries whatever its size (seven
    when nothing changes status: services, state rows, recorded slots, insert results, update
-   states; plus up to three when incidents open or close or the status changes; plus two the
+   states, then read them back and upsert their services' summaries (`summaries`); plus up to
+   three when incidents open or close or the status changes; plus two the
    first time a service is seen).
-6. **Concurrency.** On PostgreSQL the state rows of the batch are locked (`SELECT ... FOR UPDATE`,
-   ordered by id so two workers never deadlock on them) before the slots are checked, so the
-   same slot recorded twice at once stores one row. On SQLite the batch's transaction opens
+6. **Concurrency.** On PostgreSQL the state rows of the batch's services, at every location,
+   are locked (`SELECT ... FOR UPDATE`, ordered by id so two workers never deadlock on them)
+   before the slots are checked, so the same slot recorded twice at once stores one row, and two
+   locations of one service recorded at once take turns: each rewrites the service's summary
+   from the other's committed state, never from the one before it. On SQLite the batch's transaction opens
    with BEGIN IMMEDIATE (`config.sqlite_database()` sets that for every transaction), waiting
    for SQLite's single write lock up front.
    A deadlock, a database locked past SQLite's busy timeout (writers in a tight loop can starve
@@ -45,8 +48,11 @@ from collections.abc import Sequence
 from django.db import IntegrityError, OperationalError, connection, transaction
 
 from monitor.daemon import states as machine
+from monitor.daemon import summaries
 from monitor.models import ProbeResult, Service, ServiceState
+from monitor.models.history import PHASES
 from monitor.probes import Failure, Phases, Result, Status
+from monitor.stats import counted
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +74,8 @@ STATE_FIELDS = [
     "tls",
     "details",
     "open_incident",
+    "counters",
+    "last_address",
 ]
 
 Pair = tuple[int, str]
@@ -175,8 +183,9 @@ def _create_states(first_seen: dict[Pair, dt.datetime]) -> None:
 
 
 def _select_states(pairs: set[Pair]) -> dict[Pair, ServiceState]:
+    """Return the states of `pairs`, locking every state of their services (see decision 6)."""
     query = (
-        ServiceState.objects.filter(service_id__in={sid for sid, _ in pairs}, location__in={loc for _, loc in pairs})
+        ServiceState.objects.filter(service_id__in={sid for sid, _ in pairs})
         .order_by("id")  # one lock order for every worker: no deadlocks between batches
         .select_for_update()  # a no-op on SQLite
     )
@@ -217,21 +226,20 @@ def _apply_all(
     rules: dict[int, machine.Rules],
     ledger: machine.Ledger,
 ) -> list[ServiceState]:
-    """Apply each service's new outcomes to its state in slot order; return the states that changed."""
+    """Count each new outcome on its state and apply it in slot order; return the states (all changed)."""
     by_pair: dict[Pair, list[tuple[Outcome, ProbeResult]]] = defaultdict(list)
     for outcome, row in zip(outcomes, rows, strict=True):
         by_pair[outcome.pair].append((outcome, row))
     touched = []
     for pair, items in by_pair.items():
         state = states[pair]
-        applied = False
         for outcome, row in sorted(items, key=lambda item: item[0].scheduled_at):
+            phases = {phase: getattr(row, phase) for phase in PHASES}
+            state.counters = counted(state.counters, row.status, row.failure, phases)  # late slots count too
             if state.last_scheduled_at is not None and outcome.scheduled_at <= state.last_scheduled_at:
                 continue  # an older slot arriving late: stored above, but it must not roll the state back
             machine.apply(state, outcome, row, rules[outcome.service_id], ledger)
-            applied = True
-        if applied:
-            touched.append(state)
+        touched.append(state)
     return touched
 
 
@@ -239,6 +247,7 @@ def _save(states: list[ServiceState], ledger: machine.Ledger) -> None:
     """Write the ledger and states in bulk; incidents first, since states and changes point at them."""
     machine.save_incidents(states, ledger)
     _update_states(states)
+    summaries.refresh({state.service_id for state in states})
     machine.save_changes(ledger)
 
 

@@ -1,6 +1,7 @@
 """Hourly and daily rollups of raw probe results: the writer behind the periodic `update_rollups` task.
 
-Exposes `update_rollups(now)`. Pages and /metrics read rollups through `monitor.readers`; the
+Exposes `update_rollups(now)`, and `single_run(key)`, the lock that keeps two runs of a periodic
+writer apart. Pages and /metrics read rollups through `monitor.readers`; the
 arithmetic both sides share (`summarize()`, `nearest_rank()`, `combine()`) is in `monitor.stats`.
 
 Decisions:
@@ -64,7 +65,7 @@ def update_rollups(now: dt.datetime | None = None) -> int:
     3. Recompute the complete days among them whose hours now count more than they do.
     """
     now = now or dt.datetime.now(dt.UTC)
-    with _single_run() as alone:
+    with single_run(ADVISORY_LOCK) as alone:
         if not alone:
             return 0  # another run is at it (PostgreSQL); this one's work would be the same
         complete = floor(now - GRACE, HOUR)
@@ -83,22 +84,25 @@ def update_rollups(now: dt.datetime | None = None) -> int:
         return len(hours) + len(days)
 
 
-class _single_run:
-    """Hold PostgreSQL's session advisory lock for one run; `as` gives whether it was free (always on SQLite)."""
+class single_run:
+    """Hold PostgreSQL's session advisory lock `key` for one run; `as` gives whether it was free (always on SQLite)."""
+
+    def __init__(self, key: int) -> None:
+        self.key = key
 
     def __enter__(self) -> bool:
         self.held = False
         if connection.vendor != "postgresql":
             return True
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", [ADVISORY_LOCK])
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [self.key])
             self.held = bool(cursor.fetchone()[0])
         return self.held
 
     def __exit__(self, *exc: object) -> None:
         if self.held:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_unlock(%s)", [ADVISORY_LOCK])
+                cursor.execute("SELECT pg_advisory_unlock(%s)", [self.key])
 
 
 def _first_hour(complete: dt.datetime) -> dt.datetime | None:

@@ -74,6 +74,7 @@ def apply(state: ServiceState, outcome, row: ProbeResult, rules: Rules, ledger: 
         _resume(state)
     gap = _gap_before(state, outcome, rules)
     state.last_checked_at = outcome.started_at
+    state.last_address = row.address
     state.last_phases = data["phases"]
     state.details = json_safe(data["details"])
     if result.tls is not None:

@@ -6,7 +6,9 @@ from monitor.models.history import (
     Incident,
     ProbeResult,
     ServiceState,
+    ServiceSummary,
     StatusChange,
+    UptimeSnapshot,
 )
 from monitor.models.schedule import Schedule, Watermark, WorkerHeartbeat
 from monitor.models.service import (
@@ -28,8 +30,10 @@ __all__ = [
     "Schedule",
     "Service",
     "ServiceState",
+    "ServiceSummary",
     "StatusChange",
     "TagsField",
+    "UptimeSnapshot",
     "Watermark",
     "WorkerHeartbeat",
 ]

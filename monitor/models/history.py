@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from typing import NamedTuple
+
 from django.db import models
 
 from monitor.models.service import Service
@@ -10,6 +13,9 @@ STATUS_CHOICES = [("up", "Up"), ("warning", "Warning"), ("down", "Down"), ("unkn
 # A state's status may also be paused: nobody probes it (service disabled, or location removed).
 STATE_CHOICES = [*STATUS_CHOICES, ("paused", "Paused")]
 PHASES = ("resolve", "connect", "tls", "processing", "transfer", "total")
+# How bad a status is, best to worst: the one order for the worst of several locations or services.
+# Paused (nobody probes it) ranks lowest, so one disabled part hides nothing.
+SEVERITY = ("paused", "up", "unknown", "warning", "down")
 
 
 class ProbeResult(models.Model):
@@ -93,6 +99,11 @@ class ServiceState(models.Model):
     tls = models.JSONField(null=True, blank=True)  # the last TLS facts seen, as Result.tls.to_dict()
     details = models.JSONField(default=dict, blank=True)  # the last probe's protocol details
     open_incident = models.ForeignKey(Incident, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    last_address = models.CharField(max_length=64, blank=True)  # the IP address the last measuring probe reached
+    # Every slot recorded since the state was created, by outcome, and the latency histogram of the
+    # good ones (`stats.counted()`): cumulative counters for /metrics, kept here because the state
+    # row is written with every batch anyway.
+    counters = models.JSONField(default=dict, blank=True)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["service", "location"], name="state_service_location")]
@@ -104,6 +115,77 @@ class ServiceState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service_id}@{self.location} {self.status} since {self.since:%Y-%m-%d %H:%M:%S}"
+
+
+class ServiceSummary(models.Model):
+    """What a service's states add up to, in one narrow row: what the overview counts, filters and sorts on.
+
+    Kept by the state writer (`monitor.daemon.summaries.refresh()`, called by `recording` in the
+    transaction that saves the states), so it is never behind them. A service without any state
+    yet has no summary. `summarize()` is the one definition of each value:
+    - `status`: the worst status of its locations (`SEVERITY`), `severity` its position there;
+    - `since`, `reason`: when the worst location entered that status (the earliest on a tie) and its
+      last reason, unless it is up or paused;
+    - `latency`: the slowest active (not paused) location's last total, in seconds;
+    - `cert_days`: the fewest days left of any active location's certificate chain;
+    - `last_checked_at`: the newest check of any location.
+    """
+
+    service = models.OneToOneField(Service, on_delete=models.CASCADE, primary_key=True, related_name="summary")
+    status = models.CharField(max_length=8, choices=STATE_CHOICES)
+    severity = models.PositiveSmallIntegerField()
+    since = models.DateTimeField()
+    reason = models.CharField(max_length=500, blank=True)
+    latency = models.FloatField(null=True, blank=True)
+    cert_days = models.FloatField(null=True, blank=True)
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["status"], name="summary_status"),
+            models.Index(fields=["latency"], name="summary_latency"),
+            models.Index(fields=["cert_days"], name="summary_cert_days"),
+            models.Index(fields=["last_checked_at"], name="summary_last_checked"),
+        ]
+
+    @classmethod
+    def from_states(cls, service_id: int, states: list[StateFacts]) -> ServiceSummary:
+        """Return the summary of one service from the facts of its states (at least one)."""
+        return cls(service_id=service_id, **summarize(states))
+
+    def __str__(self) -> str:
+        return f"{self.service_id} {self.status} since {self.since:%Y-%m-%d %H:%M:%S}"
+
+
+class StateFacts(NamedTuple):
+    """The part of a ServiceState a summary is made of; numbers as read out of its JSON (None when absent)."""
+
+    status: str
+    since: dt.datetime
+    reason: str
+    latency: float | None
+    cert_days: float | None
+    last_checked_at: dt.datetime | None
+
+
+def summarize(states: list[StateFacts]) -> dict:
+    """Return a ServiceSummary's fields from the facts of one service's states (at least one)."""
+    worst = min(states, key=lambda state: (-severity(state.status), state.since))
+    active = [state for state in states if state.status != "paused"]
+    return {
+        "status": worst.status,
+        "severity": severity(worst.status),
+        "since": worst.since,
+        "reason": "" if worst.status in ("up", "paused") else worst.reason,
+        "latency": max((state.latency for state in active if state.latency is not None), default=None),
+        "cert_days": min((state.cert_days for state in active if state.cert_days is not None), default=None),
+        "last_checked_at": max((state.last_checked_at for state in states if state.last_checked_at), default=None),
+    }
+
+
+def severity(status: str) -> int:
+    """Return `status`'s position in SEVERITY; a status it does not know ranks as unknown."""
+    return SEVERITY.index(status) if status in SEVERITY else SEVERITY.index("unknown")
 
 
 class StatusChange(models.Model):
@@ -127,6 +209,38 @@ class StatusChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service_id}@{self.location} {self.old_status} -> {self.new_status} at {self.created}"
+
+
+class UptimeSnapshot(models.Model):
+    """A (service, location)'s uptime over the last day, week and month, as of `computed_at`.
+
+    Written every five minutes by `monitor.daemon.snapshots.refresh()` from the rollups, for every pair at
+    once; read by `monitor.readers.recent_uptimes()`, so the overview and /metrics get uptime for a
+    page or the whole fleet in one short query instead of summing rollups while someone waits.
+    Counts as in `readers.Uptime`: up (or warning), down, and unknown (not measured).
+    """
+
+    service = models.ForeignKey(Service, on_delete=models.CASCADE, related_name="+")
+    location = models.CharField(max_length=40)
+    computed_at = models.DateTimeField()  # each window ends here
+    day_up = models.PositiveIntegerField(default=0)
+    day_down = models.PositiveIntegerField(default=0)
+    day_unknown = models.PositiveIntegerField(default=0)
+    week_up = models.PositiveIntegerField(default=0)
+    week_down = models.PositiveIntegerField(default=0)
+    week_unknown = models.PositiveIntegerField(default=0)
+    month_up = models.PositiveIntegerField(default=0)
+    month_down = models.PositiveIntegerField(default=0)
+    month_unknown = models.PositiveIntegerField(default=0)
+
+    WINDOW_NAMES = ("day", "week", "month")  # readers.WINDOWS, in order: 1, 7 and 30 days
+    COUNTS = tuple(f"{name}_{part}" for name in WINDOW_NAMES for part in ("up", "down", "unknown"))
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["service", "location"], name="uptime_snapshot_pair")]
+
+    def __str__(self) -> str:
+        return f"{self.service_id}@{self.location} uptime as of {self.computed_at:%Y-%m-%d %H:%M:%S}"
 
 
 class Rollup(models.Model):

@@ -286,15 +286,10 @@ def test_a_batch_of_fifty_takes_a_fixed_handful_of_queries():
         record([at(service, 2, down()) for service in services])
     with CaptureQueriesContext(connection) as recovering:
         record([at(service, 3, up()) for service in services])
-    # Steady: services, state rows, recorded slots, insert results, update states. The first time, insert and
-    # re-select the states (and unknown -> up changes); on an outage, insert (or close) the incidents and insert
-    # the status changes.
-    assert [queries(first), queries(steady), queries(flipping), queries(recovering)] == [
-        8,
-        5,
-        7,
-        7,
-    ]
+    # Steady: services, state rows, recorded slots, insert results, update states, read them back and upsert
+    # the services' summaries. The first time, insert and re-select the states (and unknown -> up changes); on
+    # an outage, insert (or close) the incidents and insert the status changes.
+    assert [queries(first), queries(steady), queries(flipping), queries(recovering)] == [10, 7, 9, 9]
     assert Incident.objects.filter(ended_at__isnull=False).count() == 50
 
 
@@ -408,3 +403,13 @@ def test_two_processes_recording_at_once_on_sqlite_lose_nothing(tmp_path):
     assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in outputs]
     assert [int(out) for out, _ in outputs] == [1000, 1000]
     assert len(stack.results()) == 2000
+
+
+def test_the_state_keeps_the_address_the_last_measuring_probe_reached():
+    service = make_service()
+    record([at(service, 0, up())])
+    missed = Outcome.missed(service.id, "default", T0 + STEP, "no worker took the slot")
+    record([missed])  # measured nothing: the address stays
+    assert state_of(service).last_address == "127.0.0.1"
+    record([at(service, 2, Result(Status.DOWN, Failure.REFUSED, "refused", Phases(), address="::1"))])
+    assert state_of(service).last_address == "::1"

@@ -11,8 +11,11 @@ from django.test.utils import CaptureQueriesContext
 
 from dashboard.overview import Filters, services
 from dashboard.templatetags.portwatch import DASH
+from monitor import readers
+from monitor.daemon import snapshots
+from monitor.daemon.recording import pause
 from monitor.daemon.rollups import update_rollups
-from monitor.models import Service, ServiceState
+from monitor.models import Service, UptimeSnapshot
 from monitor.probes import Failure, Phases, Result, Status
 from tests.dashboard.conftest import DOWN, UP, make_service, probes, tls_facts
 
@@ -75,9 +78,9 @@ def test_a_service_is_paused_only_when_all_its_locations_are(viewer):
     service = make_service("mail", locations="eu,us")
     probes(service, [UP], location="eu")
     probes(service, [UP], location="us")
-    ServiceState.objects.filter(location="eu").update(status="paused")
+    pause({(service.id, "eu")}, "location removed")
     assert "status-up" in region(page(viewer), "services")
-    ServiceState.objects.filter(location="us").update(status="paused")
+    pause({(service.id, "us")}, "location removed")
     assert "status-paused" in region(page(viewer), "services")
 
 
@@ -125,6 +128,20 @@ def test_uptime_without_any_result_is_a_dash(viewer):
     make_service("mail")
     html = page(viewer)
     assert "100 %" not in html and html.count(f'<td class="num">{DASH}</td>') >= 3
+
+
+def test_uptime_comes_from_the_snapshot_and_says_when_it_was_taken(viewer):
+    service = make_service("mail")
+    now = dt.datetime.now(dt.UTC)
+    probes(service, [UP, UP, DOWN, UP], until=now - 4 * dt.timedelta(seconds=service.interval))
+    snapshots.refresh()
+    as_of = UptimeSnapshot.objects.get().computed_at
+    probes(service, [DOWN, DOWN, DOWN, DOWN], until=now)
+    html = page(viewer)
+    assert "75.00 %" in html  # 3 of 4 as of the snapshot, not 3 of 8
+    assert f"as of {as_of:%H:%M:%S} UTC" in html
+    UptimeSnapshot.objects.update(computed_at=as_of - readers.SNAPSHOT_MAX_AGE)  # stale: read live instead
+    assert "37.50 %" in page(viewer)
 
 
 def test_the_sparkline_draws_one_point_per_rolled_up_hour(viewer):
@@ -257,7 +274,7 @@ def test_sorting_by_latency_ignores_paused_locations(viewer):
     moved = make_service("moved", locations="eu,us")
     probes(moved, [Result(Status.UP, None, "ok", Phases(total=0.9), tls=None)], location="eu")
     probes(moved, [Result(Status.UP, None, "ok", Phases(total=0.01), tls=None)], location="us")
-    ServiceState.objects.filter(service=moved, location="eu").update(status="paused")
+    pause({(moved.id, "eu")}, "location removed")
     assert names_in(page(viewer, sort="-latency")) == ["steady", "moved"]
 
 
