@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from django.db import connection
 from django.db.models import Avg, Count, F, FloatField, Q, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, ExtractMinute, Floor, Trunc
@@ -257,9 +258,22 @@ def daily_row(service: Service, now: dt.datetime) -> list[Bucket]:
 
 
 def recent_results(service: Service, now: dt.datetime) -> list[ProbeResult]:
-    """Return the service's latest results (every location), newest first, from the last 24 h only."""
-    latest = ProbeResult.objects.filter(service=service, started_at__gte=now - DAY).order_by("-started_at", "-id")
-    return list(latest[:RECENT_RESULTS])
+    """Return the service's latest results (every location), newest first, from the last 24 h only.
+
+    On PostgreSQL, each location's latest are one index walk, backwards, joined in one UNION ALL:
+    read for the service as a whole, the rows of its last day (1,440 at one a minute, each on its
+    own heap page, since results are written in time order) were all read and sorted to keep 50,
+    which took 45 ms for a service not in the cache. SQLite cannot slice the parts of a UNION.
+    """
+    recent = ProbeResult.objects.filter(service=service, started_at__gte=now - DAY)
+    newest_first = ("-started_at", "-id")
+    locations = sorted(set(ServiceState.objects.filter(service=service).values_list("location", flat=True)))
+    if len(locations) < 2 or not connection.features.supports_slicing_ordering_in_compound:
+        latest = recent.filter(location=locations[0]) if len(locations) == 1 else recent
+        return list(latest.order_by(*newest_first)[:RECENT_RESULTS])
+    parts = [recent.filter(location=location).order_by(*newest_first)[:RECENT_RESULTS] for location in locations]
+    merged = parts[0].union(*parts[1:], all=True)
+    return sorted(merged, key=lambda row: (row.started_at, row.id), reverse=True)[:RECENT_RESULTS]
 
 
 def incidents(service: Service) -> list[Incident]:

@@ -329,6 +329,19 @@ def test_the_latest_50_results_are_listed_newest_first(viewer):
     assert reasons == [str(n) for n in range(59, 9, -1)]
 
 
+def test_the_latest_50_results_of_several_locations_are_merged_newest_first(viewer):
+    service = make_service(locations="eu,us")
+    now = dt.datetime.now(dt.UTC)
+    probes(service, [result_with(reason=f"eu {n}") for n in range(40)], location="eu", until=now)
+    probes(
+        service, [result_with(reason=f"us {n}") for n in range(40)], location="us", until=now - dt.timedelta(seconds=30)
+    )
+    table = element(page(viewer, service), "recent-results")
+    reasons = re.findall(r"<td>((?:eu|us) \d+)</td>", table)
+    expected = [f"{where} {n}" for n in range(39, 14, -1) for where in ("eu", "us")]
+    assert reasons == expected
+
+
 def test_a_hostile_reason_is_shown_as_text(viewer):
     service = make_service()
     probes(service, [result_with(status=Status.DOWN, failure=Failure.PROTOCOL_ERROR, reason=HOSTILE)])
