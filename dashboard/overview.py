@@ -16,7 +16,7 @@ Decisions:
    each sort key, joined to the services. Grouping the wide state table by service for every
    request took ~40 ms at 10,000 services, and sorting by latency read every state's JSON. Sorting
    by name (the default) is the cheapest: the unique index on name.
-3. **Uptime comes from the five-minutely snapshots** (`readers.recent_uptimes()`), with the moment they
+3. **Uptime comes from the snapshots refreshed every ten minutes** (`readers.recent_uptimes()`), with the moment they
    were taken, which the page shows; summing rollups for a page's 50 services took ~70 ms.
 """
 

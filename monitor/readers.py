@@ -1,7 +1,7 @@
 """What pages and /metrics read: current states, and uptime and latency over windows, for many services at once.
 
 Exposes `current_states()`, `uptimes()`, `recent_uptimes()` (from the snapshots the daemon writes
-every five minutes) and `latency_summaries()` (bulk), `uptime()` and
+every ten minutes) and `latency_summaries()` (bulk), `uptime()` and
 `latency_summary()` (one service and location), `Uptime` and `WINDOWS`. Nothing here imports the
 daemon's writers (`monitor.daemon`), and each reader takes a fixed number of queries whatever the
 number of services.
@@ -74,9 +74,9 @@ from monitor.stats import (
 )
 
 WINDOWS = (DAY, 7 * DAY, 30 * DAY)
-# Snapshots are refreshed every five minutes (monitor.daemon.snapshots); one older than this means
+# Snapshots are refreshed every ten minutes (monitor.daemon.snapshots); one older than this means
 # the refresh stopped, and its figures are read live instead.
-SNAPSHOT_MAX_AGE = dt.timedelta(minutes=12)
+SNAPSHOT_MAX_AGE = dt.timedelta(minutes=25)
 
 Pair = tuple[int, str]  # (service id, location)
 

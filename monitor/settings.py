@@ -191,8 +191,8 @@ CELERY_BEAT_SCHEDULE = {
     "dispatch": {"task": "portwatch.dispatch", "schedule": 1.0, "options": {"expires": 1.0}},
     "update-rollups": {"task": "portwatch.update_rollups", "schedule": 60.0, "options": {"expires": 55.0}},
     # Uptime over a day, a week and a month for the overview and /metrics: ~20 s of work at 10,000
-    # services, so every five minutes; readers.SNAPSHOT_MAX_AGE allows for two runs missed.
-    "refresh-uptimes": {"task": "portwatch.refresh_uptimes", "schedule": 300.0, "options": {"expires": 290.0}},
+    # services, so every ten minutes; readers.SNAPSHOT_MAX_AGE allows for one run missed.
+    "refresh-uptimes": {"task": "portwatch.refresh_uptimes", "schedule": 600.0, "options": {"expires": 590.0}},
     "prune": {"task": "portwatch.prune", "schedule": 3600.0, "options": {"expires": 3300.0}},
     "sweep": {"task": "portwatch.sweep", "schedule": 15.0, "options": {"expires": 14.0}},
     # dashboard/tasks.py: public status pages are read here, not while a visitor waits.

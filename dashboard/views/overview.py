@@ -131,7 +131,7 @@ def _line(row: reader.Row) -> Line:
 
 
 def _as_of(rows: list[reader.Row]) -> str:
-    """Say how fresh the uptime columns are: they come from snapshots refreshed every five minutes."""
+    """Say how fresh the uptime columns are: they come from snapshots refreshed every ten minutes."""
     moments = [row.uptimes_as_of for row in rows if row.uptimes_as_of]
     if not moments:
         return ""

@@ -214,7 +214,7 @@ class StatusChange(models.Model):
 class UptimeSnapshot(models.Model):
     """A (service, location)'s uptime over the last day, week and month, as of `computed_at`.
 
-    Written every five minutes by `monitor.daemon.snapshots.refresh()` from the rollups, for every pair at
+    Written every ten minutes by `monitor.daemon.snapshots.refresh()` from the rollups, for every pair at
     once; read by `monitor.readers.recent_uptimes()`, so the overview and /metrics get uptime for a
     page or the whole fleet in one short query instead of summing rollups while someone waits.
     Counts as in `readers.Uptime`: up (or warning), down, and unknown (not measured).
