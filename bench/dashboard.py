@@ -72,6 +72,9 @@ def main() -> None:
     if fresh:
         fill(args)
     prepare()
+    # The web process's start-up, as gunicorn and runserver run it (gc.freeze() included).
+    import monitor.wsgi  # noqa: F401
+
     pages = plan_pages(args)
     busy = others_running()
     if busy:
