@@ -132,10 +132,15 @@ async def ask(state: Exchange, query: dns.message.Message, family: int, sockaddr
 
 
 def record(state: Exchange, response: dns.message.Message) -> None:
-    """Put the response code, flags and the first answer records into the result's details."""
+    """Put the response code, flags, the first answer records and each section's record count into the details."""
     state.details["rcode"] = dns.rcode.to_text(response.rcode())
     state.details["flags"] = dns.flags.to_text(response.flags)
     state.details["answers"] = [_clip(line) for line in _answer_lines(response)[:MAX_ANSWERS]]
+    # Record counts of each section, as blackbox_exporter reports them (Go's miekg/dns counts the
+    # EDNS OPT pseudo-record among the additional ones; dnspython keeps it apart).
+    state.details["answer_rrs"] = sum(len(rrset) for rrset in response.answer)
+    state.details["authority_rrs"] = sum(len(rrset) for rrset in response.authority)
+    state.details["additional_rrs"] = sum(len(rrset) for rrset in response.additional) + (response.opt is not None)
 
 
 def check(response: dns.message.Message, options: Options) -> None:

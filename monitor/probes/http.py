@@ -162,6 +162,9 @@ async def ask(session: Session, method: str, path: str, *, first: bool) -> Reply
     content_type = _header(response, b"content-type")
     if content_type:
         session.details["content_type"] = _clip(content_type)
+    declared = _header(response, b"content-length")
+    if declared and declared.strip().isdigit():  # what the server declared, as blackbox reports it
+        session.details["content_length"] = int(declared.strip()[:20])
     return reply
 
 

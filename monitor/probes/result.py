@@ -81,6 +81,7 @@ class TLSFacts:
     chain_expiry: dt.datetime | None = None
     chain_expiry_subject: str | None = None
     chain_expiry_role: str | None = None  # "leaf", "intermediate" or "root"
+    serial_number: str | None = None  # the leaf's, in lowercase hex as blackbox_exporter labels it
 
     @property
     def chain_days_left(self) -> float:

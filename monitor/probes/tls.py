@@ -86,6 +86,7 @@ def facts(tls: ssl.SSLObject, *, server_name: str | None, verified: bool, error:
         days_left=(leaf.not_valid_after_utc - now).total_seconds() / 86400,
         earliest_expiry=min(cert.not_valid_after_utc for cert in sent),
         fingerprint_sha256=leaf.fingerprint(hashes.SHA256()).hex(),
+        serial_number=format(leaf.serial_number, "x"),
         verified=verified,
         verify_error=error,
         chain_expiry=first.not_valid_after_utc,

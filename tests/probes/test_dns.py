@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
+from dns import message as dns_message
+from dns import rrset as dns_rrset
 
 from monitor.probes import OptionsError, Status, Target, dns, run_probe
 from tests.peers.dns_server import DNSServer
@@ -42,6 +45,8 @@ async def test_it_answers_an_a_query_over_udp():
     assert result.address == "127.0.0.1"
     assert sorted(result.details["answers"]) == ["svc.test. 300 IN A 127.0.0.1", "svc.test. 300 IN A 127.0.0.2"]
     assert (result.details["rcode"], result.details["transport"]) == ("NOERROR", "udp")
+    assert result.details["answer_rrs"] == 2
+    assert (result.details["authority_rrs"], result.details["additional_rrs"]) == (0, 0)  # the server sends neither
     assert "AA" in result.details["flags"].split()
     assert server.queries == [("udp", "svc.test.", "A")]
     assert result.phases.processing > 0
@@ -205,3 +210,19 @@ def test_it_rejects_bad_options_naming_the_field(raw, field, message):
         dns.Options.from_mapping(raw)
 
     assert (caught.value.field, caught.value.message) == (field, message)
+
+
+def test_each_sections_records_are_counted_as_blackbox_counts_them():
+    query = dns_message.make_query("svc.test.", "A", use_edns=0)
+    reply = dns_message.make_response(query)
+    reply.answer.append(dns_rrset.from_text("svc.test.", 300, "IN", "A", "127.0.0.1", "127.0.0.2"))
+    reply.authority.append(dns_rrset.from_text("test.", 300, "IN", "NS", "ns1.test.", "ns2.test.", "ns3.test."))
+    reply.additional.append(dns_rrset.from_text("ns1.test.", 300, "IN", "A", "127.0.0.53"))
+    exchange = SimpleNamespace(details={})  # record() writes only the exchange's details
+    dns.record(exchange, reply)
+    # The EDNS OPT record counts among the additional ones, as Go's miekg/dns (blackbox) counts it.
+    assert (exchange.details["answer_rrs"], exchange.details["authority_rrs"], exchange.details["additional_rrs"]) == (
+        2,
+        3,
+        2,
+    )

@@ -60,6 +60,7 @@ async def test_it_is_up_on_a_200_and_records_the_response():
     assert result.details["http_version"] == "1.1"
     assert result.details["content_type"] == "text/html; charset=utf-8"
     assert result.details["body_bytes"] == len(HEALTHY.body)
+    assert result.details["content_length"] == len(HEALTHY.body)  # as the server declared it
     assert result.phases.connect > 0 and result.phases.processing > 0
 
 

@@ -115,6 +115,7 @@ async def test_it_reports_a_bad_certificate_with_its_facts(certs, tls, cert, fai
     assert result.tls.subject == expected.subject.rfc4514_string()
     assert result.tls.not_after == expected.not_valid_after_utc
     assert result.tls.fingerprint_sha256 == expected.fingerprint(hashes.SHA256()).hex()
+    assert result.tls.serial_number == format(expected.serial_number, "x")
     assert not result.tls.verified
 
 
