@@ -2,8 +2,8 @@
 
 Exposes `dispatch` (beat, every second), `probe_batch` (sent by dispatch to `probe.<location>`; it
 hands the jobs to the worker process's prober and returns at once), `sweep` (every 15 s: missed
-slots), `update_rollups` and `refresh_uptimes` (every minute) and `prune` (hourly). Each is safe to run twice; the beat
-schedule is `CELERY_BEAT_SCHEDULE` in `monitor/settings.py`.
+slots), `update_rollups` (every minute), `refresh_uptimes` (every ten minutes) and `prune` (hourly).
+Each is safe to run twice; the beat schedule is `CELERY_BEAT_SCHEDULE` in `monitor/settings.py`.
 """
 
 from __future__ import annotations

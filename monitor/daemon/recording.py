@@ -235,7 +235,7 @@ def _apply_all(
         state = states[pair]
         for outcome, row in sorted(items, key=lambda item: item[0].scheduled_at):
             phases = {phase: getattr(row, phase) for phase in PHASES}
-            state.counters = counted(state.counters, row.status, row.failure, phases)  # late slots count too
+            state.counters = counted(state.counters, row.status, row.failure, phases, row.reason)  # late ones too
             if state.last_scheduled_at is not None and outcome.scheduled_at <= state.last_scheduled_at:
                 continue  # an older slot arriving late: stored above, but it must not roll the state back
             machine.apply(state, outcome, row, rules[outcome.service_id], ledger)

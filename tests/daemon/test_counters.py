@@ -49,3 +49,17 @@ def test_a_late_slot_counts_once_without_moving_the_state_and_a_repeated_one_not
     state = state_of(service)
     assert state.status == "up"
     assert state.counters["checks"] == {"up": 1, "down": 1}
+
+
+def test_missed_slots_are_counted_by_reason_as_the_daemon_words_it():
+    service = make_service()
+    record([Outcome.missed(service.id, "default", T0, "not probed: no worker is serving location 'default'")])
+    record(
+        [
+            Outcome.missed(
+                service.id, "default", T0 + dt.timedelta(minutes=1), "not probed: the slot was never dispatched"
+            )
+        ]
+    )
+    record([Outcome.missed(service.id, "default", T0 + dt.timedelta(minutes=2), "not probed: something new")])
+    assert state_of(service).counters["missed"] == {"unserved": 1, "never_dispatched": 1, "other": 1}
