@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
+from django.core.exceptions import ImproperlyConfigured
+
 from monitor.config import (
     database_from_url,
     env_base_url,
@@ -21,6 +23,7 @@ from monitor.config import (
     load_secret_key,
     sqlite_database,
 )
+from monitor.metrics.guard import parse_allow_list
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -214,3 +217,33 @@ PORTWATCH_DNS_SERVERS = env_list("PORTWATCH_DNS_SERVERS", [])
 PORTWATCH_RESULT_RETENTION_DAYS = env_int("PORTWATCH_RESULT_RETENTION_DAYS", 7, minimum=1, maximum=3650)
 PORTWATCH_HOURLY_RETENTION_DAYS = env_int("PORTWATCH_HOURLY_RETENTION_DAYS", 400, minimum=1, maximum=36500)
 CELERY_WORKER_CONCURRENCY = PORTWATCH_WORKER_CONCURRENCY  # a plain `celery worker` honours it too
+
+# Prometheus: /probe, blackbox_exporter's multi-target endpoint (monitor/metrics/, docs/architecture.md).
+# It makes the server connect where it is told, so it needs a bearer token (Authorization: Bearer ...)
+# and/or basic auth ("user:password"); with neither it answers 403 unless PORTWATCH_METRICS_PUBLIC=true.
+PORTWATCH_METRICS_TOKEN = env_str("PORTWATCH_METRICS_TOKEN")
+PORTWATCH_METRICS_BASIC_AUTH = env_str("PORTWATCH_METRICS_BASIC_AUTH")
+if PORTWATCH_METRICS_BASIC_AUTH is not None and ":" not in PORTWATCH_METRICS_BASIC_AUTH:
+    raise ImproperlyConfigured("PORTWATCH_METRICS_BASIC_AUTH must be user:password, with a colon between them")
+PORTWATCH_METRICS_PUBLIC = env_bool("PORTWATCH_METRICS_PUBLIC", default=False)
+# The modules, in blackbox.yml's own shape; the default file has blackbox's example modules.
+PORTWATCH_PROBE_MODULES = env_path(
+    "PORTWATCH_PROBE_MODULES", BASE_DIR / "deploy" / "prometheus" / "blackbox.yml", base=BASE_DIR
+)
+# Networks and host names (*.example.com: the names under it) /probe may probe; empty: anywhere.
+PORTWATCH_PROBE_ALLOW = env_list("PORTWATCH_PROBE_ALLOW", [])
+try:
+    parse_allow_list(PORTWATCH_PROBE_ALLOW)
+except ValueError as error:
+    raise ImproperlyConfigured(f"PORTWATCH_PROBE_ALLOW: {error}") from None
+# /probe refuses the host:port of REDIS_URL and DATABASE_URL unless this says the operator wants them probed.
+PORTWATCH_PROBE_ALLOW_OWN_SERVICES = env_bool("PORTWATCH_PROBE_ALLOW_OWN_SERVICES", default=False)
+# /metrics' latency histogram per service, location and these phases: all six by default; each
+# phase costs 14 series a pair (~154,000 at 10,000 services), so "total" alone cuts the scrape by about half.
+HISTOGRAM_PHASES = ("resolve", "connect", "tls", "processing", "transfer", "total")  # monitor.models.history.PHASES
+PORTWATCH_METRICS_HISTOGRAM_PHASES = env_list("PORTWATCH_METRICS_HISTOGRAM_PHASES", list(HISTOGRAM_PHASES))
+if unknown := [phase for phase in PORTWATCH_METRICS_HISTOGRAM_PHASES if phase not in HISTOGRAM_PHASES]:
+    raise ImproperlyConfigured(
+        f"PORTWATCH_METRICS_HISTOGRAM_PHASES: unknown phase {unknown[0]!r}; "
+        f"the phases are {', '.join(HISTOGRAM_PHASES)}"
+    )

@@ -1,0 +1,139 @@
+"""/probe fixtures: a modules file naming the session's test CA, the metrics token, and a scrape helper.
+
+`scrape(module, target, **headers)` asks /probe through Django's async test client, so the servers
+the test runs on its own event loop keep answering while the view runs its probe in a thread.
+`parse(text)` reads an answer with prometheus_client's own text parser.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from django.http import HttpResponse
+from django.test import AsyncClient
+from prometheus_client.parser import text_string_to_metric_families
+
+TOKEN = "a-test-token-for-metrics"
+
+MODULES = """
+modules:
+  tcp_connect:
+    prober: tcp
+    timeout: 5s
+  tls_connect:
+    prober: tcp
+    timeout: 5s
+    tcp:
+      tls: true
+      tls_config: {ca_file: "CA_FILE"}
+  smtp_starttls:
+    prober: tcp
+    timeout: 5s
+    tcp:
+      tls_config: {ca_file: "CA_FILE"}
+      query_response:
+        - expect: "^220 ([^ ]+) (.+)$"
+        - send: "EHLO prober\\r"
+        - expect: "^250-STARTTLS"
+        - send: "STARTTLS\\r"
+        - expect: "^220"
+        - starttls: true
+        - send: "EHLO prober\\r"
+        - expect: "^250-AUTH"
+        - send: "QUIT\\r"
+  smtp_needs_dsn:
+    prober: tcp
+    timeout: 5s
+    tcp:
+      tls_config: {ca_file: "CA_FILE"}
+      query_response:
+        - expect: "^220"
+        - send: "EHLO prober\\r"
+        - expect: "^250-DSN"
+        - send: "STARTTLS\\r"
+        - starttls: true
+  banner_expect:
+    prober: tcp
+    timeout: 5s
+    tcp:
+      query_response:
+        - expect: "^never said$"
+  http_2xx:
+    prober: http
+    timeout: 5s
+    http:
+      tls_config: {ca_file: "CA_FILE"}
+  http_healthy_body:
+    prober: http
+    timeout: 5s
+    http:
+      fail_if_body_not_matches_regexp: ["status: (healthy|fine)"]
+  http_no_follow:
+    prober: http
+    timeout: 5s
+    http:
+      no_follow_redirects: true
+      valid_status_codes: [200]
+  dns_udp:
+    prober: dns
+    timeout: 5s
+    dns:
+      query_name: svc.test
+      query_type: A
+  icmp:
+    prober: icmp
+  http_api_key:
+    prober: http
+    http:
+      headers: {X-Api-Key: secret}
+"""
+
+
+@pytest.fixture
+def modules_file(tmp_path: Path, certs) -> Path:
+    path = tmp_path / "blackbox.yml"
+    path.write_text(MODULES.replace("CA_FILE", certs.ca_file))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def probe_settings(settings, modules_file: Path):
+    """Configure /probe as a deployment would: a token, the test modules, no allow-list, no own services."""
+    settings.PORTWATCH_METRICS_TOKEN = TOKEN
+    settings.PORTWATCH_METRICS_BASIC_AUTH = None
+    settings.PORTWATCH_METRICS_PUBLIC = False
+    settings.PORTWATCH_PROBE_MODULES = str(modules_file)
+    settings.PORTWATCH_PROBE_ALLOW = []
+    settings.PORTWATCH_PROBE_ALLOW_OWN_SERVICES = False
+    settings.REDIS_URL = None
+    return settings
+
+
+Scrape = Callable[..., Awaitable[HttpResponse]]
+
+
+@pytest.fixture
+def scrape() -> Scrape:
+    client = AsyncClient()
+
+    async def ask(module: str, target: str, *, token: str | None = TOKEN, **headers: str) -> HttpResponse:
+        if token is not None:
+            headers.setdefault("Authorization", f"Bearer {token}")
+        return await client.get("/probe", {"module": module, "target": target}, headers=headers)
+
+    return ask
+
+
+def parse(response: HttpResponse) -> dict:
+    """Return {name: family} from a 200 answer, read by prometheus_client's parser."""
+    assert response.status_code == 200, response.content
+    return {family.name: family for family in text_string_to_metric_families(response.content.decode())}
+
+
+def value(families: dict, name: str, **labels: str) -> float:
+    """Return the value of the one sample of `name` with these labels."""
+    samples = [sample for sample in families[name].samples if all(sample.labels.get(k) == v for k, v in labels.items())]
+    assert len(samples) == 1, (name, labels, families[name].samples)
+    return samples[0].value
