@@ -50,12 +50,20 @@ def dispatch() -> int:
 
 # A Watermark: when dispatch last ran, for /metrics' portwatch_dispatcher_last_run_timestamp_seconds.
 DISPATCHED = "dispatched_at"
+# Written at most this often by each process: the alert on a stalled dispatcher waits 60 s, and on
+# SQLite every write takes the one write lock the probes' recorder needs too.
+DISPATCHED_EVERY = dt.timedelta(seconds=10)
+_noted_at: dt.datetime | None = None  # when this process last wrote it
 
 
 def _ran(now: dt.datetime) -> None:
-    """Note that dispatch ran: one UPDATE a tick, for the alert on a stalled dispatcher."""
+    """Note that dispatch ran, unless this process did so less than DISPATCHED_EVERY ago."""
+    global _noted_at
+    if _noted_at is not None and now - _noted_at < DISPATCHED_EVERY:
+        return
     if not Watermark.objects.filter(name=DISPATCHED).update(moment=now):
         Watermark.objects.get_or_create(name=DISPATCHED, defaults={"moment": now})
+    _noted_at = now
 
 
 def _account_unserved(claims: list[scheduling.Claim], served: set[str]) -> None:

@@ -14,6 +14,7 @@ import pytest
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
+from monitor import tasks
 from monitor.daemon.recording import Outcome, record
 from monitor.metrics.blackbox import exposition, series
 from monitor.metrics.collector import REASONS, collect
@@ -279,7 +280,6 @@ def test_the_daemon_reports_dispatch_workers_and_unserved_locations(fleet):
 
 
 def test_the_queue_depth_is_what_waits_in_the_locations_broker_queue(fleet):
-    from monitor import tasks
 
     location = "metrics-test"  # a queue no other test uses: the broker's folder outlives each test
     Schedule.objects.update_or_create(
@@ -292,13 +292,14 @@ def test_the_queue_depth_is_what_waits_in_the_locations_broker_queue(fleet):
         tasks._purge(f"probe.{location}")
 
 
-def test_dispatch_notes_when_it_ran(db):
-    from monitor.tasks import dispatch
-
-    dispatch()
+def test_dispatch_notes_when_it_ran_at_most_every_ten_seconds(db, monkeypatch):
+    monkeypatch.setattr(tasks, "_noted_at", None)  # what an earlier test's dispatch left in this process
+    tasks.dispatch()
     first = Watermark.objects.get(name=DISPATCHED).moment
-    dispatch()
-    assert Watermark.objects.get(name=DISPATCHED).moment > first
+    tasks.dispatch()
+    assert Watermark.objects.get(name=DISPATCHED).moment == first  # within ten seconds: not written again
+    tasks._ran(first + tasks.DISPATCHED_EVERY)
+    assert Watermark.objects.get(name=DISPATCHED).moment == first + tasks.DISPATCHED_EVERY
 
 
 # The format ------------------------------------------------------------------------------------------------------
