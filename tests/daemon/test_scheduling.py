@@ -267,7 +267,9 @@ def test_concurrent_dispatchers_never_claim_the_same_slot_and_together_claim_all
             "Schedule.objects.update(due_at=now)\n"
             "print(json.dumps(now.isoformat()))"
         )
-        code = CLAIM_LOOP.format(now=now, start=time.time() + 1.5)  # all start together, after Django is up
+        # All start together once Django is up in each: four processes starting on two busy cores took
+        # over the 1.5 s this waited before, and the first one up claimed everything alone.
+        code = CLAIM_LOOP.format(now=now, start=time.time() + 5.0)
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             claimed = list(pool.map(lambda _: stack.django(code), range(4)))
     everything = [tuple(claim) for per_dispatcher in claimed for claim in per_dispatcher]
