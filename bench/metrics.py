@@ -5,7 +5,9 @@
    and worker heartbeats), without raw history: /metrics reads states, snapshots and counters only. Then it
    gives every state the cumulative counters the daemon's writer keeps (checks by outcome, missed slots by
    reason, a latency histogram per phase drawn around the pair's own latency) and every pair an uptime
-   snapshot, as `refresh_uptimes` writes them.
+   snapshot, as `refresh_uptimes` writes them. Before each histogram setting is measured, every state's series
+   are rendered and stored as the state writer does with that setting (`store_series()`), and that cost per
+   state is printed.
 2. Scrapes /metrics in-process with Django's test client, `--scrapes` timed scrapes after `--warmups`, with
    the histogram's six phases and with "total" only, plain and gzipped: p50 and p95 of the time to the last
    byte, the size, and the series.
@@ -217,6 +219,7 @@ def prepare() -> None:
     """Make the data look current: fresh snapshots, live workers, a dispatcher that just ran."""
     import datetime as dt
 
+    from django.db import connection
     from django.db.models import CharField, F, Value
     from django.db.models.functions import Cast, Concat
 
@@ -236,6 +239,15 @@ def prepare() -> None:
     )
     WorkerHeartbeat.objects.update(last_seen=now)
     Watermark.objects.update_or_create(name=DISPATCHED, defaults={"moment": now})
+    # Counters as the writer stores them now (it rewrites them with every probe): compressed with the
+    # column's method (lz4 since migration 0006), not with whatever the fill or an older version used.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "UPDATE monitor_servicestate SET counters = counters || '{}'::jsonb "
+            "WHERE pg_column_compression(counters) IS DISTINCT FROM "
+            "(SELECT CASE WHEN attcompression = 'l' THEN 'lz4' ELSE 'pglz' END FROM pg_attribute "
+            "WHERE attrelid = 'monitor_servicestate'::regclass AND attname = 'counters')"
+        )
 
 
 # --- /metrics -----------------------------------------------------------------------------------
@@ -249,7 +261,7 @@ def measure_scrapes(args: argparse.Namespace) -> dict[str, dict]:
     client = Client(HTTP_HOST="localhost")  # ALLOWED_HOSTS has no "testserver"
     found = {}
     for phases in ("all", "total"):
-        settings.PORTWATCH_METRICS_HISTOGRAM_PHASES = ALL_PHASES if phases == "all" else ["total"]
+        store_series(ALL_PHASES if phases == "all" else ["total"])
         for encoding in ("plain", "gzip"):
             headers = {"Authorization": f"Bearer {TOKEN}"}
             if encoding == "gzip":
@@ -277,6 +289,39 @@ def measure_scrapes(args: argparse.Namespace) -> dict[str, dict]:
             )
     settings.PORTWATCH_METRICS_HISTOGRAM_PHASES = ALL_PHASES
     return found
+
+
+def store_series(phases: list[str]) -> None:
+    """Render and store every state's series as the state writer does under these histogram phases.
+
+    What one interval of probing leaves behind with that setting (`monitor.daemon.expositions`). Prints
+    the cost per state of rendering alone and of rendering and storing, which every recorded probe pays.
+    """
+    from django.conf import settings
+    from django.db import transaction
+
+    from monitor.daemon import expositions
+    from monitor.metrics import exposition
+    from monitor.models import Service, ServiceState
+
+    settings.PORTWATCH_METRICS_HISTOGRAM_PHASES = phases
+    targets = {sid: (protocol, host) for sid, protocol, host in Service.objects.values_list("id", "protocol", "host")}
+    states = list(ServiceState.objects.order_by("id"))
+    started = time.perf_counter()
+    for state in states:
+        protocol, host = targets[state.service_id]
+        exposition.render(protocol, host, phases, expositions.pair_state(state))
+    rendering = time.perf_counter() - started
+    started = time.perf_counter()
+    for start in range(0, len(states), 50):  # the size of a worker's batch
+        with transaction.atomic():
+            expositions.write(states[start : start + 50], targets)
+    writing = time.perf_counter() - started
+    print(
+        f"  stored {len(states):,} states' series ({len(phases)} histogram phase(s)): "
+        f"render {rendering / len(states) * 1e6:.0f} us a state, render and store {writing / len(states) * 1e6:.0f} us",
+        flush=True,
+    )
 
 
 def _p95(values: list[float]) -> float:

@@ -20,9 +20,10 @@ Decisions:
    (`ServiceState.last_scheduled_at`) is stored as a raw result but does not touch the state,
    changes or incidents: replaying old news would flap the status. Within a batch, each
    service's outcomes are applied in slot order.
-5. **Cost.** One transaction per batch and a fixed number of queries whatever its size (seven
+5. **Cost.** One transaction per batch and a fixed number of queries whatever its size (eight
    when nothing changes status: services, state rows, recorded slots, insert results, update
-   states, then read them back and upsert their services' summaries (`summaries`); plus up to
+   states, then read them back and upsert their services' summaries (`summaries`), and upsert
+   the states' rendered /metrics series (`expositions`); plus up to
    three when incidents open or close or the status changes; plus two the
    first time a service is seen).
 6. **Concurrency.** On PostgreSQL the state rows of the batch's services, at every location,
@@ -47,8 +48,8 @@ from collections.abc import Sequence
 
 from django.db import IntegrityError, OperationalError, connection, transaction
 
+from monitor.daemon import expositions, summaries
 from monitor.daemon import states as machine
-from monitor.daemon import summaries
 from monitor.models import ProbeResult, Service, ServiceState
 from monitor.models.history import PHASES
 from monitor.probes import Failure, Phases, Result, Status
@@ -135,7 +136,7 @@ def _record(outcomes: Sequence[Outcome]) -> int:
     3. Insert the results of slots not stored yet.
     4. Apply them to the states in slot order; write incidents, states and status changes.
     """
-    rules = _rules({outcome.service_id for outcome in outcomes})
+    rules, targets = _rules({outcome.service_id for outcome in outcomes})
     unique: dict[tuple[int, str, dt.datetime], Outcome] = {}
     for outcome in outcomes:
         if outcome.service_id in rules:
@@ -150,16 +151,20 @@ def _record(outcomes: Sequence[Outcome]) -> int:
     rows = ProbeResult.objects.bulk_create([_result_row(outcome) for outcome in new])
     ledger = machine.Ledger()
     touched = _apply_all(new, rows, states, rules, ledger)
-    _save(touched, ledger)
+    _save(touched, ledger, targets)
     return len(new)
 
 
-def _rules(service_ids: set[int]) -> dict[int, machine.Rules]:
-    """Return the state machine's rules of each service that still exists."""
+def _rules(service_ids: set[int]) -> tuple[dict[int, machine.Rules], dict[int, tuple[str, str]]]:
+    """Return the state machine's rules and the (protocol, host) of each service that still exists."""
     rows = Service.objects.filter(id__in=service_ids).values_list(
-        "id", "failure_threshold", "recovery_threshold", "interval"
+        "id", "failure_threshold", "recovery_threshold", "interval", "protocol", "host"
     )
-    return {service_id: machine.Rules(*values) for service_id, *values in rows}
+    rules, targets = {}, {}
+    for service_id, failures, recoveries, interval, protocol, host in rows:
+        rules[service_id] = machine.Rules(failures, recoveries, interval)
+        targets[service_id] = (protocol, host)
+    return rules, targets
 
 
 def _lock_states(outcomes: Sequence[Outcome]) -> dict[Pair, ServiceState]:
@@ -243,11 +248,15 @@ def _apply_all(
     return touched
 
 
-def _save(states: list[ServiceState], ledger: machine.Ledger) -> None:
-    """Write the ledger and states in bulk; incidents first, since states and changes point at them."""
+def _save(states: list[ServiceState], ledger: machine.Ledger, targets: dict[int, tuple[str, str]]) -> None:
+    """Write the ledger and states in bulk; incidents first, since states and changes point at them.
+
+    `targets` holds each state's service's (protocol, host), which its /metrics series are rendered with.
+    """
     machine.save_incidents(states, ledger)
     _update_states(states)
     summaries.refresh({state.service_id for state in states})
+    expositions.write(states, targets)
     machine.save_changes(ledger)
 
 
@@ -285,8 +294,13 @@ def pause(pairs: set[tuple[int, str]], reason: str, now: dt.datetime | None = No
         states = [state for state in _select_states(pairs).values() if state.status != machine.PAUSED]
         if not states:
             return 0
-        intervals = dict(Service.objects.filter(id__in={s.service_id for s in states}).values_list("id", "interval"))
+        rows = Service.objects.filter(id__in={s.service_id for s in states}).values_list(
+            "id", "interval", "protocol", "host"
+        )
+        intervals, targets = {}, {}
+        for service_id, interval, protocol, host in rows:
+            intervals[service_id], targets[service_id] = interval, (protocol, host)
         ledger = machine.Ledger()
         machine.pause(states, now, reason, intervals, ledger)
-        _save(states, ledger)
+        _save(states, ledger, targets)
     return len(states)

@@ -17,9 +17,11 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import zlib
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -35,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODULE = "http_2xx"
 GZIP_LEVEL = 1
+GZIP_THREADS = 2  # chunks compressed at once
 
 
 @require_GET
@@ -70,7 +73,7 @@ def metrics(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
     """Answer with every service's and the daemon's series, built from the database now."""
     if (answer := auth.denied(request)) is not None:
         return answer
-    chunks = (chunk.encode("utf-8") for chunk in collector.collect())
+    chunks = collector.collect()
     gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
     response = StreamingHttpResponse(_gzipped(chunks) if gzipped else chunks, content_type=CONTENT_TYPE_LATEST)
     if gzipped:
@@ -80,11 +83,26 @@ def metrics(request: HttpRequest) -> HttpResponse | StreamingHttpResponse:
 
 
 def _gzipped(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
-    for chunk in chunks:
-        if packed := compressor.compress(chunk):
-            yield packed
-    yield compressor.flush()
+    """Yield `chunks` gzipped, each one a gzip member of its own, compressed in threads while the next are made.
+
+    A gzip file may hold several members, read as one (RFC 1952; Go's reader, which Prometheus uses, and
+    Python's do), so chunks compress independently: zlib lets go of the GIL, so two cores share the work
+    (~0.25 s on one for the 100 MB of 10,000 services) and it overlaps with the making of the next chunks.
+    """
+    members = 0
+    with ThreadPoolExecutor(max_workers=GZIP_THREADS, thread_name_prefix="metrics-gzip") as pool:
+        pending: collections.deque = collections.deque()
+        for chunk in chunks:
+            if chunk:
+                pending.append(pool.submit(zlib.compress, chunk, GZIP_LEVEL, 31))  # wbits 31: gzip framing
+            while len(pending) > GZIP_THREADS or (pending and pending[0].done()):
+                members += 1
+                yield pending.popleft().result()
+        while pending:
+            members += 1
+            yield pending.popleft().result()
+    if not members:  # an empty body is not gzip: one empty member is
+        yield zlib.compress(b"", GZIP_LEVEL, 31)
 
 
 def policy() -> Policy:

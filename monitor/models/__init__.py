@@ -7,6 +7,7 @@ from monitor.models.history import (
     ProbeResult,
     ServiceState,
     ServiceSummary,
+    StateExposition,
     StatusChange,
     UptimeSnapshot,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "Service",
     "ServiceState",
     "ServiceSummary",
+    "StateExposition",
     "StatusChange",
     "TagsField",
     "UptimeSnapshot",

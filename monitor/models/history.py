@@ -108,6 +108,15 @@ class ServiceState(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["service", "location"], name="state_service_location")]
 
+    def save(self, *args, **kwargs) -> None:
+        """Save, and drop the stored /metrics series: rendered from the state as it was, they no longer match it.
+
+        The state writer (`monitor.daemon.recording`) writes states with its own statements and renders the
+        series again; anything else that saves a state (a data fix, a test) makes a scrape render it live.
+        """
+        super().save(*args, **kwargs)
+        StateExposition.objects.filter(state_id=self.pk).delete()
+
     @property
     def failing_since(self):
         """Return when the current run of failed probes began, or None after a success."""
@@ -115,6 +124,25 @@ class ServiceState(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service_id}@{self.location} {self.status} since {self.since:%Y-%m-%d %H:%M:%S}"
+
+
+class StateExposition(models.Model):
+    """A state's /metrics series, rendered by the state writer when it writes the state: a scrape only joins them.
+
+    `text` is `monitor.metrics.exposition.render()` of the state in UTF-8: its per-service families in the
+    collector's order, separated by `exposition.SEPARATOR`, each line's service labels left as
+    `exposition.LABELS` for the scrape to fill in from the service as it is then. `key` says what the text
+    was rendered with (the format's version, the service's protocol and host, the histogram's phases): a
+    scrape renders a pair live from its state when the key is not the one it would use. Kept apart from
+    `ServiceState`, which every page reads: the text is 2.5 KB (the `total` histogram) to 9 KB a pair.
+    """
+
+    state = models.OneToOneField(ServiceState, on_delete=models.CASCADE, primary_key=True, related_name="+")
+    key = models.CharField(max_length=32)
+    text = models.BinaryField()  # UTF-8: a scrape fills in labels and joins bytes, with nothing to decode or encode
+
+    def __str__(self) -> str:
+        return f"series of state {self.state_id} ({len(self.text)} bytes)"
 
 
 class ServiceSummary(models.Model):

@@ -9,16 +9,20 @@ import math
 import shutil
 import socket
 import subprocess
+import threading
 
 import pytest
+from django.db import connection
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import tasks
-from monitor.daemon.recording import Outcome, record
+from monitor.daemon.recording import Outcome, pause, record
+from monitor.metrics import exposition as rendering
 from monitor.metrics.blackbox import exposition, series
 from monitor.metrics.collector import REASONS, collect
-from monitor.models import Schedule, Service, ServiceState, Watermark, WorkerHeartbeat
+from monitor.metrics.exposition import LABELS, RENDERED, SEPARATOR, PairState
+from monitor.models import Schedule, Service, ServiceState, StateExposition, Watermark, WorkerHeartbeat
 from monitor.probes import Result, Target, parse_options, run_probe
 from monitor.stats import LATENCY_BUCKETS, counted, missed_reason
 from monitor.tasks import DISPATCHED
@@ -280,6 +284,24 @@ def test_the_daemon_reports_dispatch_workers_and_unserved_locations(fleet):
     assert value(families, "portwatch_queue_depth", location="eu") == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_outside_a_transaction_the_daemons_families_come_from_a_thread_of_their_own():
+    # A scrape outside a transaction (as under a web server) reads the daemon's families on a second
+    # connection while it writes the services'; the test's usual transaction would hide its rows from it.
+    svc = service("committed", "tcp", closed_port())
+    recorded(svc, [asyncio.run(probe(svc)), asyncio.run(probe(svc))])  # a real refused connection, twice
+    WorkerHeartbeat.objects.create(
+        name="w9:1", location="default", started_at=NOW, last_seen=dt.datetime.now(dt.UTC), in_flight=2
+    )
+    threads = threading.active_count()
+    assert not connection.in_atomic_block  # the premise: the scrape takes the threaded path
+    families = scrape()
+    assert value(families, "portwatch_worker_in_flight", worker="w9:1", location="default") == 2
+    assert value(families, "portwatch_probes_total", location="default", outcome="down") == 2
+    assert value(families, "probe_success", service="committed") == 0
+    assert threading.active_count() <= threads  # the thread is gone once the answer is written
+
+
 def test_the_queue_depth_is_what_waits_in_the_locations_broker_queue(fleet):
 
     location = "metrics-test"  # a queue no other test uses: the broker's folder outlives each test
@@ -313,7 +335,7 @@ def test_label_values_are_escaped_as_the_format_says(db):
 
 
 def test_each_family_is_written_once_and_whole(fleet):
-    body = "".join(collect())
+    body = b"".join(collect()).decode()
     names = [line.split()[2] for line in body.splitlines() if line.startswith("# TYPE")]
     order = [line.split("{")[0].split()[0] for line in body.splitlines() if not line.startswith("#")]
     family_of = [next(n for n in names if name == n or name.startswith(n + "_")) for name in order]
@@ -331,7 +353,7 @@ def test_nan_is_written_as_prometheus_writes_it(fleet):
     state = ServiceState.objects.get(service__name="dns")  # as stored before the engine counted DNS sections
     state.details = {key: item for key, item in state.details.items() if not key.endswith("_rrs")}
     state.save(update_fields=["details"])
-    body = "".join(collect())
+    body = b"".join(collect()).decode()
     line = next(line for line in body.splitlines() if line.startswith("probe_dns_authority_rrs{"))
     assert line.endswith(" NaN")
     assert math.isnan(value(scrape(), "probe_dns_authority_rrs", service="dns"))
@@ -352,7 +374,7 @@ def test_promtool_accepts_the_metrics(fleet):
     promtool = shutil.which("promtool")
     need(promtool is not None, "promtool is not installed (Debian's prometheus package has it)")
     service('odd "name"\\', "tcp", 2525)
-    body = "".join(collect())
+    body = b"".join(collect()).decode()
     check = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
 
@@ -389,3 +411,98 @@ def test_basic_auth_lets_a_scrape_in(db, settings):
     settings.PORTWATCH_METRICS_BASIC_AUTH = "prometheus:s3cret"
     good = base64.b64encode(b"prometheus:s3cret").decode()
     assert Client().get("/metrics", headers={"Authorization": f"Basic {good}"}).status_code == 200
+
+
+# The series the state writer stored with each state (StateExposition), and live when they do not fit ------------
+
+
+def parsed(body: str) -> dict[tuple, float]:
+    """Return {(sample name, sorted labels): value}, NaN as a string so that equal answers compare equal."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): "NaN" if s.value != s.value else s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }
+
+
+def test_the_writer_stores_every_states_series_with_the_key_a_scrape_expects(fleet, settings):
+    phases = tuple(settings.PORTWATCH_METRICS_HISTOGRAM_PHASES)
+    for state in ServiceState.objects.select_related("service"):
+        stored = StateExposition.objects.get(state=state)
+        assert stored.key == rendering.key(state.service.protocol, state.service.host, phases)
+        text = bytes(stored.text).decode()
+        assert len(text.split(SEPARATOR)) == len(RENDERED)
+        assert f"probe_success{{{LABELS}}} " in text
+
+
+def test_a_scrape_from_the_stored_series_says_the_same_as_one_rendered_live(fleet):
+    stored = b"".join(collect(NOW)).decode()
+    StateExposition.objects.all().delete()
+    live = b"".join(collect(NOW)).decode()
+    assert parsed(stored) == parsed(live)
+    assert len(parsed(live)) > 300
+
+
+def test_a_scrape_uses_the_stored_series(fleet):
+    text = bytes(StateExposition.objects.get(state__service__name="web").text).decode()
+    assert f"probe_http_status_code{{{LABELS}}} 200\n" in text
+    changed = text.replace(f"probe_http_status_code{{{LABELS}}} 200\n", f"probe_http_status_code{{{LABELS}}} 299\n")
+    StateExposition.objects.filter(state__service__name="web").update(text=changed.encode())
+    assert value(scrape(), "probe_http_status_code", service="web") == 299
+
+
+def test_labels_come_from_the_service_as_it_is_now(fleet):
+    Service.objects.filter(name="web").update(name="web-renamed", tags="prod")
+    families = scrape()
+    assert value(families, "probe_http_status_code", service="web-renamed") == 200
+    assert value(families, "portwatch_service_info", service="web-renamed", tags="prod") == 1
+
+
+def test_a_series_rendered_for_another_host_or_histogram_is_rendered_live(fleet, settings):
+    Service.objects.filter(name="web").update(host="localhost")
+    StateExposition.objects.filter(state__service__name="web").update(text=b"")  # would show as missing series
+    settings.PORTWATCH_METRICS_HISTOGRAM_PHASES = ["connect"]  # none of the stored texts has this one
+    families = scrape()
+    assert value(families, "probe_http_status_code", service="web", host="localhost") == 200
+    phases = {s.labels["phase"] for s in families["portwatch_probe_duration_seconds_bucket"]}
+    assert phases == {"connect"}
+    assert len(families["portwatch_probe_duration_seconds_count"]) == 3  # web, dns and gone
+
+
+def test_a_state_saved_outside_the_writer_is_rendered_live(fleet):
+    state = ServiceState.objects.get(service__name="gone")
+    state.status = "warning"
+    state.save(update_fields=["status"])
+    assert not StateExposition.objects.filter(state=state).exists()
+    assert value(scrape(), "portwatch_service_status", service="gone", status="warning") == 1
+
+
+def test_pausing_renders_the_paused_series(fleet):
+    web = Service.objects.get(name="web")
+    pause({(web.id, "default")}, "monitoring stopped")
+    families = scrape()
+    assert value(families, "portwatch_service_status", service="web", status="paused") == 1
+    assert not [s for s in families["probe_success"] if s.labels["service"] == "web"]
+    assert b'status="paused"} 1' in bytes(StateExposition.objects.get(state__service=web).text)
+
+
+@pytest.mark.parametrize("hostile", [SEPARATOR, LABELS, "\x00", f'{SEPARATOR}x"{LABELS}\n'])
+def test_a_certificate_name_with_the_joining_characters_cannot_split_or_relabel_a_rendering(hostile):
+    facts = {
+        "version": "TLSv1.3",
+        "cipher": "TLS_AES_128_GCM_SHA256",
+        "subject": f"CN=evil{hostile}",
+        "issuer": f"CN=ca{hostile}",
+        "fingerprint_sha256": "ab" * 32,
+        "earliest_expiry": "2030-01-01T00:00:00+00:00",
+        "not_after": "2030-01-01T00:00:00+00:00",
+        "sans": [f"evil{hostile}.test"],
+        "serial_number": "1",
+    }
+    state = PairState("up", "", NOW, "127.0.0.1", False, 1, "up", {"total": 0.1}, facts, {}, {})
+    text = rendering.render("smtp", "mail.test", ("total",), state)
+    assert len(text.split(SEPARATOR)) == len(RENDERED)
+    body = text.replace(LABELS, 'service="s"').replace(SEPARATOR, "")
+    info = next(line for line in body.splitlines() if line.startswith("probe_ssl_last_chain_info"))
+    assert "CN=evil\ufffd" in info and LABELS not in body and "\x00" not in body
+    assert parsed(body)  # still the text format
