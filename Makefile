@@ -39,15 +39,16 @@ run: $(RUNTIME_STAMP)
 	@# a Celery worker and the dispatcher until Ctrl-C stops them all.
 	$(PY) manage.py runmonitor --host $(PORTWATCH_HOST) --port $(PORTWATCH_PORT)
 
-# The tests get a throwaway data directory, so they never touch var/ (secret key, SQLite, broker).
+# The tests get throwaway data directories, so they never touch var/ (secret key, SQLite, broker).
 # The whole suite runs on SQLite, then the tests marked `postgres` run again on PostgreSQL
-# (TEST_DATABASE_URL; pytest-django creates and drops its own test_ database there).
+# (TEST_DATABASE_URL; pytest-django creates and drops its own test_ database there), each run with
+# a directory of its own: a message one run left in the filesystem broker's folder is not the other's.
 # pytest's exit status passes through: 5 ("no tests collected") fails the target too.
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 test: $(DEV_STAMP)
-	data=$$(mktemp -d) && trap 'rm -rf "$$data"' EXIT && \
-	PORTWATCH_DATA_DIR="$$data" $(PY) -m pytest $(PYTEST_ARGS) && \
-	PORTWATCH_DATA_DIR="$$data" DATABASE_URL="$(TEST_DATABASE_URL)" $(PY) -m pytest -m postgres $(PYTEST_ARGS)
+	sqlite=$$(mktemp -d) && postgres=$$(mktemp -d) && trap 'rm -rf "$$sqlite" "$$postgres"' EXIT && \
+	PORTWATCH_DATA_DIR="$$sqlite" $(PY) -m pytest $(PYTEST_ARGS) && \
+	PORTWATCH_DATA_DIR="$$postgres" DATABASE_URL="$(TEST_DATABASE_URL)" $(PY) -m pytest -m postgres $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .

@@ -19,7 +19,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -31,6 +30,7 @@ import yaml
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from tests.conftest import need
+from tests.peers.services import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -461,12 +461,6 @@ class Backend(BaseHTTPRequestHandler):
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as spare:
-        spare.bind(("127.0.0.1", 0))
-        return spare.getsockname()[1]
-
-
 def adapted_nginx(folder: Path, *, http: int, https: int, upstream: int, cert: Path, key: Path) -> Path:
     """Write the example into `folder` with loopback ports, test certificates and a static folder of its own,
     inside a main configuration that keeps every file in `folder`; return the main configuration's path.
@@ -529,14 +523,7 @@ def proxy(nginx_binary, ca, tmp_path_factory) -> Iterator[dict[str, int]]:
     assert test.returncode == 0, test.stderr
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + 10
-        while process.poll() is None and time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", ports["https"]), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        assert process.poll() is None, (folder / "error.log").read_text()
+        wait_listening(ports["https"], process, folder / "error.log", timeout=10)
         yield ports
     finally:
         process.terminate()

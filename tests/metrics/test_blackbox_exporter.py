@@ -32,44 +32,6 @@ from tests.peers.smtp_server import smtp_server
 EXPORTER = shutil.which("prometheus-blackbox-exporter")
 START_WAIT = 15.0  # seconds for the exporter to listen
 
-MODULES = """
-modules:
-  tcp_connect:
-    prober: tcp
-    timeout: 5s
-  tls_connect:
-    prober: tcp
-    timeout: 5s
-    tcp:
-      tls: true
-      tls_config: {ca_file: "CA_FILE"}
-  smtp_starttls:
-    prober: tcp
-    timeout: 5s
-    tcp:
-      tls_config: {ca_file: "CA_FILE"}
-      query_response:
-        - expect: "^220 ([^ ]+) (.+)$"
-        - send: "EHLO prober\\r"
-        - expect: "^250-STARTTLS"
-        - send: "STARTTLS\\r"
-        - expect: "^220"
-        - starttls: true
-        - send: "EHLO prober\\r"
-        - expect: "^250-AUTH"
-        - send: "QUIT\\r"
-  http_2xx:
-    prober: http
-    timeout: 5s
-    http:
-      tls_config: {ca_file: "CA_FILE"}
-  dns_udp:
-    prober: dns
-    timeout: 5s
-    dns:
-      query_name: svc.test
-      query_type: A
-"""
 
 # Values that do not depend on timing: they must be equal in both answers.
 SAME_VALUES = {
@@ -123,14 +85,6 @@ def exporter(modules_file: Path) -> Iterator[str]:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=10)
-
-
-@pytest.fixture
-def modules_file(tmp_path: Path, certs) -> Path:
-    """One modules file for both: conftest's probe_settings points Portwatch at this one."""
-    path = tmp_path / "compare.yml"
-    path.write_text(MODULES.replace("CA_FILE", certs.ca_file))
-    return path
 
 
 async def test_both_answer_alike_for_every_prober(exporter, scrape, certs):

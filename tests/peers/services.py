@@ -1,7 +1,8 @@
 """Real daemons for the daemon tests: private Redis and PostgreSQL, Celery worker and beat subprocesses, TCP servers.
 
-Exposes `free_port()`, `RedisServer`, `PostgresServer`, `scratch_postgres()`, `Stack` (the
-environment a test and its subprocesses share: data directory, database, broker) and
+Exposes `free_port()`, `wait_until()`, `wait_listening()`, `RedisServer`, `PostgresServer`,
+`scratch_postgres()`, `Stack` (the environment a test and its subprocesses share: data directory,
+database, broker) and
 `CeleryProcess`, plus `TcpServers`, banner servers on 127.0.0.1 that log every connection.
 Each starts in a context manager or has `stop()`; a test stops everything it started, in
 `finally`, even when it fails.
@@ -53,6 +54,17 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, interval: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"gave up after {timeout:g} s waiting for {what}")
         time.sleep(interval)
+
+
+def wait_listening(port: int, process: subprocess.Popen, log: Path, *, timeout: float = START_TIMEOUT) -> None:
+    """Return once something accepts on 127.0.0.1:`port`; raise with `process`'s log if it exits or never does."""
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if _accepts(port):
+            return
+        time.sleep(0.05)
+    text = log.read_text(errors="replace") if log.exists() else "(no log)"
+    raise RuntimeError(f"{process.args[0]} did not listen on 127.0.0.1:{port} within {timeout:g} s:\n{text}")
 
 
 def _accepts(port: int) -> bool:
