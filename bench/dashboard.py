@@ -347,16 +347,31 @@ def measure(pages: list[Page], args: argparse.Namespace) -> dict[str, dict]:
 
 
 def others_running() -> list[str]:
-    """Return the pids of other pytest or benchmark processes on this machine: they share the 2 cores."""
-    found = []
+    """Return the pids of other pytest or benchmark processes on this machine: they share the 2 cores.
+
+    Not this process's ancestors: a `timeout` or `flock` that started it waits, it does not work.
+    """
+    found, mine = [], _ancestors()
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
+        if entry.name.isdigit() and int(entry.name) not in mine:
             try:
                 command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
             if "pytest" in command or ("bench/" in command and "python" in command):
                 found.append(entry.name)
+    return found
+
+
+def _ancestors() -> set[int]:
+    """Return this process's pid and its ancestors'."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
     return found
 
 

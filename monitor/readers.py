@@ -438,7 +438,7 @@ class _RawCounts:
             ProbeResult.objects.filter(condition)
             .annotate(hour=Trunc("started_at", "hour", tzinfo=dt.UTC), segment=segment)
             .values_list("service_id", "location", "hour", "segment", "status")
-            .annotate(n=Count("id"))
+            .annotate(n=Count("*"))  # not "id": the (service, location, started_at) index covers the rest
             .values_list("service_id", "location", "hour", "segment", "status", "n")
         )
         self.counts: dict[Pair, list[tuple[dt.datetime, Uptime]]] = defaultdict(list)

@@ -45,7 +45,15 @@ class ProbeResult(models.Model):
             models.UniqueConstraint(fields=["service", "location", "scheduled_at"], name="result_once_per_slot")
         ]
         indexes = [
-            models.Index(fields=["service", "location", "started_at"], name="result_service_time"),
+            # Covering status and failure: the service page's 24 h timeline counts them from the index
+            # alone, on pages vacuum marked all-visible (see migration 0007), where it read 1,440 rows a
+            # location, each on its own heap page: 60 ms at the median, up to 160, for a service not in
+            # PostgreSQL's buffers at 10,000 services. The key is the one before: no extra index to write.
+            models.Index(
+                fields=["service", "location", "started_at"],
+                include=["status", "failure"],
+                name="result_service_status",
+            ),
             models.Index(fields=["started_at"], name="result_time"),  # prune and rollups scan by time
         ]
 

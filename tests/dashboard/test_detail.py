@@ -245,8 +245,33 @@ def test_a_rolled_up_hour_weights_each_location_by_its_successful_probes():
         HourlyRollup.objects.create(
             service=service, location=location, start=at, count=60, up_count=up, latency=latency
         )
-    points = detail.latency_series(service, "30d", now).points
+    points = detail.latency_series(service, "7d", now).points
     assert [(point.at, round(point.phases[1], 6)) for point in points] == [(hour, 0.02)]  # (30 x 10 + 10 x 50) / 40 ms
+
+
+def test_the_30d_chart_takes_whole_days_from_daily_rollups_and_today_from_its_hours():
+    now = floor(timezone.now(), DAY) - DAY + 6 * HOUR + dt.timedelta(minutes=30)
+    service = make_service()
+    rollups(service, 3, now)  # today: six hours rolled up, 59 successes each at 20 ms
+    probes(service, [result_with(phases=Phases(connect=0.5, total=0.5))], until=now)  # and one of the current hour
+    series = detail.latency_series(service, "30d", now)
+    today = floor(now, DAY)
+    assert [point.at for point in series.points] == [today - 3 * DAY, today - 2 * DAY, today - DAY, today]
+    assert series.points[0].phases[1] == 0.02  # the daily rollup's average
+    assert round(series.points[-1].phases[1], 6) == round((6 * 59 * 0.02 + 0.5) / (6 * 59 + 1), 6)
+
+
+def test_a_day_not_rolled_up_yet_comes_from_its_hourly_rollups():
+    now = floor(timezone.now(), DAY) - DAY + dt.timedelta(minutes=30)
+    service = make_service()
+    for hours_ago, up, avg in ((1, 10, 0.01), (2, 30, 0.05)):  # yesterday's last two hours, no daily rollup yet
+        latency = {phase: {"min": avg, "avg": avg, "max": avg, "p95": avg} for phase in (*detail.PHASES, "total")}
+        start = floor(now, DAY) - hours_ago * HOUR
+        HourlyRollup.objects.create(
+            service=service, location="default", start=start, count=60, up_count=up, latency=latency
+        )
+    points = detail.latency_series(service, "30d", now).points
+    assert [(point.at, round(point.phases[1], 6)) for point in points] == [(floor(now, DAY) - DAY, 0.04)]
 
 
 def test_an_hour_not_rolled_up_yet_comes_from_its_raw_results():
@@ -290,6 +315,21 @@ def test_a_quarter_hour_is_coloured_by_its_worst_measured_status(viewer):
     assert (bucket.status, bucket.up, bucket.down, bucket.missed) == ("down", 2, 1, 1)
     label = f"{start:%H:%M}\u2013{start + dt.timedelta(minutes=15):%H:%M}: 2 up, 1 down, 1 missed"
     assert f'class="fill-down"><title>{label}</title>' in element(page(viewer, service), "timeline")
+
+
+@pytest.mark.skipif("connection.vendor != 'postgresql'")
+def test_the_timeline_is_counted_from_the_index_alone():
+    service = make_service()
+    probes(service, [UP, DOWN] * 10)
+    record([Outcome.missed(service.id, "default", quarter_two_hours_ago(), "no worker")])
+    with CaptureQueriesContext(connection) as queries:
+        detail.timeline(service, timezone.now())
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a test table is small enough to read whole
+        cursor.execute("SET LOCAL enable_bitmapscan = off")
+        cursor.execute(f"EXPLAIN {queries.captured_queries[-1]['sql']}")
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "Index Only Scan using result_service_status" in plan
 
 
 def test_a_quarter_hour_with_only_missed_slots_is_a_gap_that_says_not_measured(viewer):
