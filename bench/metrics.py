@@ -11,11 +11,13 @@
 2. Scrapes /metrics in-process with Django's test client, `--scrapes` timed scrapes after `--warmups`, with
    the histogram's six phases and with "total" only, plain and gzipped: p50 and p95 of the time to the last
    byte, the size, and the series.
-3. Runs /probe under gunicorn (3 workers, as deploy/systemd runs it) and Debian's prometheus-blackbox-exporter
+3. Scrapes /metrics again through gunicorn (3 sync workers, as deploy/systemd runs it) over HTTP on loopback,
+   with the "total" histogram, plain and gzipped, as Prometheus would.
+4. Runs /probe under that gunicorn and Debian's prometheus-blackbox-exporter
    against the same local HTTP server and TCP port, `--probes` requests each with 8 at a time: probes per
    second and CPU milliseconds per probe of the server's processes (from /proc).
 
-`--runs` repeats 2 and 3 and reports medians. The last line is one JSON object.
+`--runs` repeats 2 to 4 and reports medians. The last line is one JSON object.
 
     .venv/bin/python bench/metrics.py                                   # fill (~1 minute), then measure
     .venv/bin/python bench/metrics.py --reuse --runs 3                  # measure the database filled before
@@ -65,7 +67,9 @@ def main() -> None:
     runs = []
     for run in range(args.runs):
         print(f"run {run + 1} of {args.runs}", flush=True)
-        runs.append({"scrape": measure_scrapes(args), "probe": measure_probes(args)})
+        scrapes = measure_scrapes(args)
+        probes, served = measure_probes(args)
+        runs.append({"scrape": scrapes | served, "probe": probes})
     report(args, runs)
 
 
@@ -332,8 +336,9 @@ def _p95(values: list[float]) -> float:
 # --- /probe beside blackbox_exporter ------------------------------------------------------------
 
 
-def measure_probes(args: argparse.Namespace) -> dict[str, dict]:
-    """Return {"<server>/<module>": {per_second, cpu_ms_per_probe}} against one local HTTP server and TCP port."""
+def measure_probes(args: argparse.Namespace) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Return {"<server>/<module>": {per_second, cpu_ms_per_probe}} against one local HTTP server and TCP port,
+    and the scrapes of /metrics through the same gunicorn (`scrape_over_http()`)."""
     work = Path(tempfile.mkdtemp(prefix="portwatch-bench-probe-"))
     started: list[subprocess.Popen] = []
     try:
@@ -357,7 +362,9 @@ def measure_probes(args: argparse.Namespace) -> dict[str, dict]:
             "3",
             "--no-control-socket",
         ]
-        started.append(_start(gunicorn, work / "gunicorn.log", cwd=ROOT, env=os.environ.copy()))
+        # The histogram setting the last scrapes in-process stored the series with (measure_scrapes()).
+        served_env = os.environ | {"PORTWATCH_METRICS_HISTOGRAM_PHASES": "total"}
+        started.append(_start(gunicorn, work / "gunicorn.log", cwd=ROOT, env=served_env))
         modules = work / "blackbox.yml"
         modules.write_text(
             "modules:\n  http_2xx: {prober: http, timeout: 5s}\n  tcp_connect: {prober: tcp, timeout: 5s}\n"
@@ -371,6 +378,7 @@ def measure_probes(args: argparse.Namespace) -> dict[str, dict]:
             print(f"! {BLACKBOX} is not installed: only Portwatch is measured")
         for _, port in servers.values():
             _wait(port)
+        served = scrape_over_http(portwatch_port, args)
         targets = {"http_2xx": f"http://127.0.0.1:{target_port}/", "tcp_connect": f"127.0.0.1:{target_port}"}
         found = {}
         for server, (process, port) in servers.items():
@@ -382,7 +390,7 @@ def measure_probes(args: argparse.Namespace) -> dict[str, dict]:
                     f"{line['cpu_ms_per_probe']:5.2f} ms CPU a probe",
                     flush=True,
                 )
-        return found
+        return found, served
     finally:
         for process in reversed(started):
             process.terminate()
@@ -392,6 +400,41 @@ def measure_probes(args: argparse.Namespace) -> dict[str, dict]:
                 process.kill()
                 process.wait()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def scrape_over_http(port: int, args: argparse.Namespace) -> dict[str, dict]:
+    """Return {variant: {p50_ms, p95_ms, bytes, series}} of /metrics scraped through gunicorn, as Prometheus does.
+
+    The `total` histogram, plain and gzipped: the time to the last byte read by a client on loopback,
+    through the web server's worker process (sync, as deploy/systemd runs it), not Django's test client.
+    """
+    found = {}
+    for encoding in ("plain", "gzip"):
+        headers = {"Authorization": f"Bearer {TOKEN}", "Accept-Encoding": "gzip" if encoding == "gzip" else "identity"}
+        times, body = [], b""
+        for index in range(args.warmups + args.scrapes):
+            started = time.perf_counter()
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            try:
+                connection.request("GET", "/metrics", headers=headers)
+                response = connection.getresponse()
+                body = response.read()
+            finally:
+                connection.close()
+            if response.status != 200:
+                raise SystemExit(f"/metrics through gunicorn answered {response.status}: {body[:200]!r}")
+            if index >= args.warmups:
+                times.append((time.perf_counter() - started) * 1000)
+        text = gzip.decompress(body) if encoding == "gzip" else body
+        name = f"total/{encoding}, gunicorn"
+        found[name] = {
+            "p50_ms": round(statistics.median(times), 1),
+            "p95_ms": round(_p95(times), 1),
+            "bytes": len(body),
+            "series": sum(1 for line in text.split(b"\n") if line and not line.startswith(b"#")),
+        }
+        print(f"  /metrics {name:<22} p50 {found[name]['p50_ms']:7.1f} ms  p95 {found[name]['p95_ms']:7.1f} ms")
+    return found
 
 
 def _probe_load(process: subprocess.Popen, port: int, module: str, target: str, count: int) -> dict:
@@ -473,10 +516,10 @@ def report(args: argparse.Namespace, runs: list[dict]) -> None:
         f"\n/metrics at {args.services:,} services ({pairs:,} pairs), medians of {len(runs)} run(s) "
         f"of {args.scrapes} scrapes; target p95 <= {TARGET_MS:g} ms"
     )
-    print(f"{'variant':<16} {'p50 ms':>8} {'p95 ms':>8} {'size':>12} {'series':>10}")
+    print(f"{'variant':<24} {'p50 ms':>8} {'p95 ms':>8} {'size':>12} {'series':>10}")
     for name, row in scrape.items():
         size = f"{row['bytes'] / 1e6:.1f} MB"
-        print(f"{name:<16} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {size:>12} {int(row['series']):>10,}")
+        print(f"{name:<24} {row['p50_ms']:>8.1f} {row['p95_ms']:>8.1f} {size:>12} {int(row['series']):>10,}")
     print(f"\n/probe, {args.probes} requests, {CONCURRENCY} at a time, against a local server")
     print(f"{'server/module':<32} {'probes/s':>9} {'CPU ms/probe':>13}")
     for name, row in probe.items():
