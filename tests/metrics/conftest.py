@@ -7,7 +7,8 @@ the test runs on its own event loop keep answering while the view runs its probe
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import subprocess
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,34 @@ def value(families: dict, name: str, **labels: str) -> float:
     samples = [sample for sample in families[name].samples if all(sample.labels.get(k) == v for k, v in labels.items())]
     assert len(samples) == 1, (name, labels, families[name].samples)
     return samples[0].value
+
+
+class Processes:
+    """Child processes started by the test, stopped in reverse order whatever happens."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen] = []
+
+    def start(self, command: list[str], log: Path, **options) -> subprocess.Popen:
+        with log.open("wb") as output:
+            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, **options)
+        self.started.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.started):
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def processes() -> Iterator[Processes]:
+    children = Processes()
+    try:
+        yield children
+    finally:
+        children.stop()

@@ -106,37 +106,6 @@ def adapted_config(folder: Path, *, portwatch: int, target: str) -> Path:
     return path
 
 
-class Processes:
-    """Child processes started by the test, stopped in reverse order whatever happens."""
-
-    def __init__(self) -> None:
-        self.started: list[subprocess.Popen] = []
-
-    def start(self, command: list[str], log: Path, **options) -> subprocess.Popen:
-        with log.open("wb") as output:
-            process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, **options)
-        self.started.append(process)
-        return process
-
-    def stop(self) -> None:
-        for process in reversed(self.started):
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@pytest.fixture
-def processes() -> Iterator[Processes]:
-    children = Processes()
-    try:
-        yield children
-    finally:
-        children.stop()
-
-
 @pytest.fixture
 def server() -> Iterator[int]:
     Slowable.delay = 0.0
