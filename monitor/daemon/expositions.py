@@ -40,15 +40,19 @@ def pair_state(state: ServiceState) -> exposition.PairState:
     )
 
 
-def write(states: Iterable[ServiceState], services: Mapping[int, tuple[str, str]]) -> int:
-    """Upsert the rendered series of `states`; `services` maps each one's service id to (protocol, host)."""
+def write(
+    states: Iterable[ServiceState], services: Mapping[int, tuple[str, str]], model: type = StateExposition
+) -> int:
+    """Upsert the rendered series of `states`; `services` maps each one's service id to (protocol, host).
+
+    Takes the model as an argument so that the migration that created the table runs it with its
+    historical model.
+    """
     phases = tuple(settings.PORTWATCH_METRICS_HISTOGRAM_PHASES)
     rows = []
     for state in states:
         protocol, host = services[state.service_id]
         text = exposition.render(protocol, host, phases, pair_state(state)).encode()
-        rows.append(StateExposition(state_id=state.pk, key=exposition.key(protocol, host, phases), text=text))
-    StateExposition.objects.bulk_create(
-        rows, update_conflicts=True, unique_fields=["state"], update_fields=["key", "text"]
-    )
+        rows.append(model(state_id=state.pk, key=exposition.key(protocol, host, phases), text=text))
+    model.objects.bulk_create(rows, update_conflicts=True, unique_fields=["state"], update_fields=["key", "text"])
     return len(rows)

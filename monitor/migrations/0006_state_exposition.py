@@ -23,6 +23,25 @@ def compress_with_lz4(apps, schema_editor):
         schema_editor.execute(LZ4)
 
 
+def render_every_state(apps, schema_editor):
+    """Store every state's series, as the state writer does from now on: scrapes are fast from the start.
+
+    Without it, every pair would be rendered live at each scrape until it is next recorded (an interval).
+    """
+    from monitor.daemon import expositions
+
+    services = apps.get_model("monitor", "Service").objects.values_list("id", "protocol", "host")
+    targets = {service_id: (protocol, host) for service_id, protocol, host in services}
+    model = apps.get_model("monitor", "StateExposition")
+    batch = []
+    for state in apps.get_model("monitor", "ServiceState").objects.order_by("id").iterator(chunk_size=500):
+        batch.append(state)
+        if len(batch) == 500:
+            expositions.write(batch, targets, model)
+            batch = []
+    expositions.write(batch, targets, model)
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("monitor", "0005_summaries_snapshots_counters"),
@@ -47,4 +66,5 @@ class Migration(migrations.Migration):
             ],
         ),
         migrations.RunPython(compress_with_lz4, migrations.RunPython.noop),
+        migrations.RunPython(render_every_state, migrations.RunPython.noop),
     ]

@@ -1,0 +1,63 @@
+"""Migrations that bring data along: run for real on a database with history, backwards and forwards."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
+
+from monitor.metrics import exposition
+
+pytestmark = pytest.mark.postgres
+
+BEFORE = [("monitor", "0005_summaries_snapshots_counters")]
+NOW = dt.datetime(2026, 11, 28, 12, 0, tzinfo=dt.UTC)
+
+
+def migrate(targets: list[tuple[str, str]]):
+    """Migrate to `targets`; return the historical apps there."""
+    executor = MigrationExecutor(connection)
+    executor.migrate(targets)
+    executor.loader.build_graph()
+    return executor.loader.project_state(targets).apps
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0006_stores_the_series_of_every_state_that_was_there(settings):
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    try:
+        old = migrate(BEFORE)
+        service = old.get_model("monitor", "Service").objects.create(
+            name="mail", host="mail.test", port=25, protocol="smtp", tls_mode="none", locations="eu,us"
+        )
+        states = old.get_model("monitor", "ServiceState")
+        checks = {"checks": {"up": 3, "down": 1}, "latency": {}}
+        states.objects.create(
+            service_id=service.id,
+            location="eu",
+            status="up",
+            since=NOW,
+            last_checked_at=NOW,
+            last_status="up",
+            last_phases={"connect": 0.01, "total": 0.05},
+            consecutive_successes=3,
+            counters=checks,
+        )
+        states.objects.create(service_id=service.id, location="us", status="down", since=NOW, last_failure="refused")
+
+        new = migrate([("monitor", "0006_state_exposition")])
+        stored = {
+            row.state.location: row
+            for row in new.get_model("monitor", "StateExposition").objects.select_related("state")
+        }
+        phases = tuple(settings.PORTWATCH_METRICS_HISTOGRAM_PHASES)
+        assert set(stored) == {"eu", "us"}
+        assert {row.key for row in stored.values()} == {exposition.key("smtp", "mail.test", phases)}
+        eu = bytes(stored["eu"].text).decode()
+        assert f'portwatch_checks_total{{{exposition.LABELS},outcome="up"}} 3\n' in eu
+        assert f"probe_success{{{exposition.LABELS}}} 1\n" in eu
+        assert f'portwatch_service_status{{{exposition.LABELS},status="down"}} 1\n' in bytes(stored["us"].text).decode()
+    finally:
+        migrate(latest)
