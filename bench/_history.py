@@ -2,22 +2,31 @@
 
 Exposes `plan(count, now, seed)` (which service is what: protocol, tags, locations, interval, fate,
 certificate, outages), `fill(plans, now, url, say)`, which writes them to PostgreSQL, `status_page()`
-(a public page of 50 components) and `moment()`. Raw results and the older rollups go in through
-COPY in time order, as the daemon writes them; the last 24 hours are rolled up by the daemon's own
-writer (`monitor.daemon.rollups.update_rollups`).
+(a public page of 50 components) and `moment()`; and `open_database()`, which points Django at a
+benchmark's own database, made anew unless a completed fill can be reused. Raw results and the
+older rollups go in through COPY in time order, as the daemon writes them; the last 24 hours are
+rolled up by the daemon's own writer (`monitor.daemon.rollups.update_rollups`).
 """
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import datetime as dt
 import functools
 import json
 import operator
+import os
 import random
+import shutil
+import sys
+import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
+from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
 DAY, HOUR = 86400, 3600  # seconds: the filler counts in epoch seconds, which is much faster than datetimes
 HISTORY_DAYS = 30
 PROTOCOLS = (("smtp", 30), ("imap", 15), ("pop3", 5), ("http", 35), ("dns", 5), ("tcp", 10))
@@ -707,3 +716,50 @@ def status_page(slug: str, tags: bool = True):
         )
     component_model.objects.bulk_create(components)
     return page
+
+
+def open_database(url: str, *, services: int, reuse: bool, marker: str, name: str, **environment: str) -> bool:
+    """Point Django at the benchmark's database at `url` and migrate it; return whether it was made anew.
+
+    With `reuse`, a database holding a completed fill of `services` services (its Watermark `marker`,
+    written last) is kept; otherwise, and after a fill that stopped half-way, it is dropped and made
+    again. Django gets a fresh data directory (secret key, cache, the embedded broker's folder) named
+    after the benchmark, no REDIS_URL, and `environment` besides. Migrating runs on reuse too: the
+    code measured may bring migrations.
+    """
+    import psycopg
+
+    parts = urllib.parse.urlsplit(url)
+    maintenance = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
+    reusable = reuse and _filled(url, services, marker)
+    if not reusable:
+        database = parts.path.lstrip("/")
+        with psycopg.connect(maintenance, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            connection.execute(f'CREATE DATABASE "{database}"')
+    data_dir = tempfile.mkdtemp(prefix=f"portwatch-bench-{name}-")
+    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
+    os.environ.update(
+        DATABASE_URL=url, DJANGO_SETTINGS_MODULE="monitor.settings", PORTWATCH_DATA_DIR=data_dir, **environment
+    )
+    os.environ.pop("REDIS_URL", None)  # the embedded file broker and cache, in the fresh data dir
+    sys.path.insert(0, str(ROOT))
+    import django
+    from django.core.management import call_command
+
+    django.setup()
+    call_command("migrate", "--noinput", verbosity=0)
+    return not reusable
+
+
+def _filled(url: str, services: int, marker: str) -> bool:
+    """Return whether the database at `url` holds a completed fill of `services` services."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url) as connection:
+            found = connection.execute("SELECT 1 FROM monitor_watermark WHERE name = %s", [marker]).fetchone()
+            count = connection.execute("SELECT count(*) FROM monitor_service").fetchone()[0]
+    except psycopg.Error:
+        return False  # no such database, or not migrated
+    return found is not None and count == services

@@ -17,16 +17,13 @@ server time, and the queries, their time and the size of one response, against t
 from __future__ import annotations
 
 import argparse
-import atexit
 import itertools
 import json
 import math
 import os
 import random
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -35,7 +32,6 @@ from pathlib import Path
 
 import _history
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_URL = "postgres://postgres@127.0.0.1:5432/bench_dashboard"
 MARKER = "bench_dashboard_fill"  # a Watermark row written when a fill completed; its moment is the fill's "now"
 TARGET_MS = 150.0  # p95 per page at 10,000 services
@@ -105,45 +101,10 @@ def parse_args() -> argparse.Namespace:
 
 
 def configure(args: argparse.Namespace) -> bool:
-    """Point Django at the benchmark's database, creating it anew unless --reuse finds it filled; return whether new.
-
-    A fill that stopped half-way wrote no marker, so the next run starts it again from scratch.
-    """
-    import psycopg
-
-    url = args.database_url
-    parts = urllib.parse.urlsplit(url)
-    name = parts.path.lstrip("/")
-    maintenance = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
-    reusable = args.reuse and _filled(url, args.services)
-    if not reusable:
-        with psycopg.connect(maintenance, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            connection.execute(f'CREATE DATABASE "{name}"')
-    data_dir = tempfile.mkdtemp(prefix="portwatch-bench-dashboard-")  # secret key and cache files only
-    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
-    os.environ.update(DATABASE_URL=url, DJANGO_SETTINGS_MODULE="monitor.settings", PORTWATCH_DATA_DIR=data_dir)
-    os.environ.pop("REDIS_URL", None)  # Django's cache: files in the fresh data dir, as in the embedded mode
-    sys.path.insert(0, str(ROOT))
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", "--noinput", verbosity=0)  # on reuse too: pages being built bring migrations
-    return not reusable
-
-
-def _filled(url: str, services: int) -> bool:
-    """Return whether the database at `url` holds a completed fill of `services` services."""
-    import psycopg
-
-    try:
-        with psycopg.connect(url) as connection:
-            marker = connection.execute("SELECT 1 FROM monitor_watermark WHERE name = %s", [MARKER]).fetchone()
-            count = connection.execute("SELECT count(*) FROM monitor_service").fetchone()[0]
-    except psycopg.Error:
-        return False  # no such database, or not migrated
-    return marker is not None and count == services
+    """Point Django at the benchmark's database, made anew unless --reuse finds it filled; return whether new."""
+    return _history.open_database(
+        args.database_url, services=args.services, reuse=args.reuse, marker=MARKER, name="dashboard"
+    )
 
 
 def fill(args: argparse.Namespace) -> None:

@@ -27,7 +27,6 @@
 from __future__ import annotations
 
 import argparse
-import atexit
 import bisect
 import concurrent.futures
 import gzip
@@ -94,45 +93,14 @@ def parse_args() -> argparse.Namespace:
 
 def configure(args: argparse.Namespace) -> bool:
     """Point Django at the benchmark's database, made anew unless --reuse finds it filled; return whether new."""
-    import psycopg
-
-    url = args.database_url
-    parts = urllib.parse.urlsplit(url)
-    name = parts.path.lstrip("/")
-    maintenance = urllib.parse.urlunsplit(parts._replace(path="/postgres"))
-    reusable = args.reuse and _filled(url, args.services)
-    if not reusable:
-        with psycopg.connect(maintenance, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            connection.execute(f'CREATE DATABASE "{name}"')
-    data_dir = tempfile.mkdtemp(prefix="portwatch-bench-metrics-")
-    atexit.register(shutil.rmtree, data_dir, ignore_errors=True)
-    os.environ.update(
-        DATABASE_URL=url,
-        DJANGO_SETTINGS_MODULE="monitor.settings",
-        PORTWATCH_DATA_DIR=data_dir,
+    return _history.open_database(
+        args.database_url,
+        services=args.services,
+        reuse=args.reuse,
+        marker=MARKER,
+        name="metrics",
         PORTWATCH_METRICS_TOKEN=TOKEN,
     )
-    os.environ.pop("REDIS_URL", None)  # the embedded file broker and cache, in the fresh data dir
-    sys.path.insert(0, str(ROOT))
-    import django
-    from django.core.management import call_command
-
-    django.setup()
-    call_command("migrate", "--noinput", verbosity=0)
-    return not reusable
-
-
-def _filled(url: str, services: int) -> bool:
-    import psycopg
-
-    try:
-        with psycopg.connect(url) as connection:
-            marker = connection.execute("SELECT 1 FROM monitor_watermark WHERE name = %s", [MARKER]).fetchone()
-            count = connection.execute("SELECT count(*) FROM monitor_service").fetchone()[0]
-    except psycopg.Error:
-        return False
-    return marker is not None and count == services
 
 
 def fill(args: argparse.Namespace) -> None:

@@ -1,7 +1,7 @@
 """What pages and /metrics read: current states, and uptime and latency over windows, for many services at once.
 
-Exposes `current_states()`, `uptimes()`, `recent_uptimes()` (from the snapshots the daemon writes
-every ten minutes) and `latency_summaries()` (bulk), `uptime()` and
+Exposes `current_states()`, `uptimes()`, `recent_uptimes()` and `snapshot_uptimes()` (from the
+snapshots the daemon writes every ten minutes) and `latency_summaries()` (bulk), `uptime()` and
 `latency_summary()` (one service and location), `Uptime` and `WINDOWS`. Nothing here imports the
 daemon's writers (`monitor.daemon`), and each reader takes a fixed number of queries whatever the
 number of services.
@@ -96,8 +96,7 @@ class Uptime:
     @property
     def uptime(self) -> float | None:
         """Return the share of measured results that were up or warning; None when nothing was measured."""
-        measured = self.up + self.down
-        return self.up / measured if measured else None
+        return _share(self.up, self.down)
 
     @property
     def coverage(self) -> float | None:
@@ -138,6 +137,30 @@ def uptimes(
     return {pair: way.uptimes(pair, raw) for pair, way in read_by.items()}
 
 
+def _share(up: int, down: int) -> float | None:
+    return up / (up + down) if up + down else None
+
+
+def _fresh(now: dt.datetime) -> Q:
+    """Return a filter on the snapshots taken at most SNAPSHOT_MAX_AGE before `now` (and not after it)."""
+    return Q(computed_at__gte=now - SNAPSHOT_MAX_AGE, computed_at__lte=now)
+
+
+def snapshot_uptimes(now: dt.datetime) -> dict[Pair, list[float | None]]:
+    """Return {(service id, location): [`Uptime.uptime` per WINDOWS]} of every fresh snapshot: the whole fleet.
+
+    For /metrics, which writes every pair's ratios at each scrape: `recent_uptimes()`'s `Uptime`
+    objects and timestamps cost ~0.6 s of a scrape at 10,000 services. Pairs without a fresh
+    snapshot are absent: `recent_uptimes()` reads them live.
+    """
+    counts = [name for name in UptimeSnapshot.COUNTS if not name.endswith("_unknown")]
+    rows = UptimeSnapshot.objects.filter(_fresh(now)).values_list("service_id", "location", *counts)
+    return {
+        (service_id, location): [_share(up, down) for up, down in zip(up_down[::2], up_down[1::2], strict=True)]
+        for service_id, location, *up_down in rows
+    }
+
+
 def recent_uptimes(
     pairs: Iterable[Pair], now: dt.datetime | None = None
 ) -> tuple[dict[Pair, dict[dt.timedelta, Uptime]], dt.datetime]:
@@ -151,7 +174,7 @@ def recent_uptimes(
     wanted = list(dict.fromkeys(pairs))
     found: dict[Pair, dict[dt.timedelta, Uptime]] = {}
     as_of = now
-    fresh = UptimeSnapshot.objects.filter(_mine(wanted), computed_at__gte=now - SNAPSHOT_MAX_AGE, computed_at__lte=now)
+    fresh = UptimeSnapshot.objects.filter(_mine(wanted), _fresh(now))
     for service_id, location, computed_at, *counts in fresh.values_list(
         "service_id", "location", "computed_at", *UptimeSnapshot.COUNTS
     ):

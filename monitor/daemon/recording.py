@@ -294,12 +294,8 @@ def pause(pairs: set[tuple[int, str]], reason: str, now: dt.datetime | None = No
         states = [state for state in _select_states(pairs).values() if state.status != machine.PAUSED]
         if not states:
             return 0
-        rows = Service.objects.filter(id__in={s.service_id for s in states}).values_list(
-            "id", "interval", "protocol", "host"
-        )
-        intervals, targets = {}, {}
-        for service_id, interval, protocol, host in rows:
-            intervals[service_id], targets[service_id] = interval, (protocol, host)
+        rules, targets = _rules({state.service_id for state in states})
+        intervals = {service_id: rule.interval for service_id, rule in rules.items()}
         ledger = machine.Ledger()
         machine.pause(states, now, reason, intervals, ledger)
         _save(states, ledger, targets)

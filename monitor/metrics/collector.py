@@ -57,11 +57,11 @@ from monitor.metrics.exposition import (
     header,
     number,
 )
-from monitor.models import Schedule, Service, ServiceState, StateExposition, UptimeSnapshot, Watermark, WorkerHeartbeat
+from monitor.models import Schedule, Service, ServiceState, StateExposition, Watermark, WorkerHeartbeat
 from monitor.models.history import PHASES
 from monitor.models.service import DEFAULT_LOCATION
 from monitor.probes import standard_port
-from monitor.readers import SNAPSHOT_MAX_AGE, WINDOWS, recent_uptimes
+from monitor.readers import WINDOWS, recent_uptimes, snapshot_uptimes
 from monitor.stats import MISSED_REASONS, OUTCOMES
 from monitor.tasks import DISPATCHED
 
@@ -113,7 +113,7 @@ def collect(now: dt.datetime | None = None) -> Iterator[bytes]:
 def _per_service(now: dt.datetime) -> tuple[list[bytes], list[tuple[bytes, bytes]]]:
     """Return every per-service family but the histogram, written, and each pair's (labels, histogram lines)."""
     phases = tuple(settings.PORTWATCH_METRICS_HISTOGRAM_PHASES)
-    reading = _beside(lambda: (_services(), _snapshots(now)))  # while this connection reads the texts
+    reading = _beside(lambda: (_services(), snapshot_uptimes(now)))  # while this connection reads the texts
     stored = _stored()
     services, snapshots = reading()
     pairs = _pairs(services, stored)
@@ -292,24 +292,6 @@ def _states(phases: Iterable[str], pairs: Iterable[tuple[int, str]]) -> dict[tup
             details=details or {},
             counters={"checks": checks, "latency": latency},
         )
-    return found
-
-
-def _snapshots(now: dt.datetime) -> dict[tuple[int, str], list[float | None]]:
-    """Return {pair: [uptime ratio or None per WINDOWS]} of the fresh uptime snapshots, read raw.
-
-    `Uptime` objects and the ORM's timestamp converters for 11,000 snapshots took ~0.6 s of a scrape.
-    """
-    table, quote = UptimeSnapshot._meta.db_table, connection.ops.quote_name
-    counts = ", ".join(quote(name) for name in UptimeSnapshot.COUNTS if not name.endswith("_unknown"))
-    sql = f"SELECT service_id, location, {counts} FROM {quote(table)} WHERE computed_at >= %s AND computed_at <= %s"
-    found = {}
-    with connection.cursor() as cursor:
-        cursor.execute(sql, [now - SNAPSHOT_MAX_AGE, now])
-        for service_id, location, *up_down in cursor.fetchall():
-            found[service_id, location] = [
-                up / (up + down) if up + down else None for up, down in zip(up_down[::2], up_down[1::2], strict=True)
-            ]
     return found
 
 

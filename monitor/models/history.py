@@ -184,11 +184,6 @@ class ServiceSummary(models.Model):
             models.Index(fields=["last_checked_at"], name="summary_last_checked"),
         ]
 
-    @classmethod
-    def from_states(cls, service_id: int, states: list[StateFacts]) -> ServiceSummary:
-        """Return the summary of one service from the facts of its states (at least one)."""
-        return cls(service_id=service_id, **summarize(states))
-
     def __str__(self) -> str:
         return f"{self.service_id} {self.status} since {self.since:%Y-%m-%d %H:%M:%S}"
 
