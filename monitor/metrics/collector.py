@@ -15,8 +15,8 @@ Decisions:
   decoding the documents whole and converting each row cost over a second at 10,000 services.
 - Every per-service series carries service, protocol, host, port, location and instance (host:port); label
   sets never change at runtime, and tags are only in portwatch_service_info.
-- Uptime comes from the snapshots `refresh_uptimes` writes, read raw; a pair without a fresh one is read
-  live (`readers.recent_uptimes()`).
+- Uptime comes from the snapshots `refresh_uptimes` writes, as ratios (`readers.snapshot_uptimes()`); a
+  pair without a fresh one is read live (`readers.recent_uptimes()`).
 - Missed slots by reason and probes by outcome, per location, are summed in SQL from the counters; slots
   counted before the writer kept reasons are reason="unrecorded".
 - The broker is asked for queue depths with one short connection; when it does not answer, the family is
