@@ -8,6 +8,8 @@ Celery worker with beat, gunicorn) comes from the same venv, never the dev one.
 3. `manage.py migrate`, then `manage.py import_services` with one TCP service on that server.
 4. Start `celery -A monitor.celery worker -B` and wait until a result for the service is `up`.
 5. Start gunicorn and fetch the admin login page.
+6. Scrape /metrics through it, gzipped as Prometheus asks: the service's probe_success is 1, from the
+   series the worker stored with its state.
 Always stop what it started, flush Redis and drop the scratch database; on failure print the logs.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import http.client
 import os
 import secrets
@@ -37,6 +40,7 @@ SERVICE = "runtime-check"
 BANNER = "220 portwatch runtime check"
 PROBE_WAIT = 60.0  # seconds; the service's interval is 5 s, so a healthy worker needs well under 15
 WEB_WAIT = 30.0
+METRICS_TOKEN = secrets.token_urlsafe(24)
 STOP_WAIT = 20.0  # a warm shutdown finishes the running batch, bounded by the probe's 3 s timeout
 LOG_TAIL_LINES = 200
 
@@ -102,6 +106,7 @@ def run_check(work: Path, database: str, stack: contextlib.ExitStack, logs: list
     say(f"starting {' '.join(web[1:])}")
     stack.enter_context(process(web, env, web_log))
     say(wait_for_login_page(port))
+    say(scrape_metrics(port))
 
 
 def say(text: str) -> None:
@@ -137,6 +142,7 @@ def environment(work: Path, database_url: str) -> dict[str, str]:
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "ALLOWED_HOSTS": "127.0.0.1",
         "DJANGO_SETTINGS_MODULE": "monitor.settings",
+        "PORTWATCH_METRICS_TOKEN": METRICS_TOKEN,
     }
     os.environ.clear()
     os.environ.update(env)
@@ -316,6 +322,28 @@ def wait_for_login_page(port: int) -> str:
             return f"gunicorn served /admin/login/: {response.status} with a CSRF token"
         raise CheckFailed(f"gunicorn answered /admin/login/ with {response.status}")
     raise CheckFailed(f"gunicorn did not answer on 127.0.0.1:{port} within {WEB_WAIT:.0f} s: {problem}")
+
+
+def scrape_metrics(port: int) -> str:
+    """Return what /metrics said of the service, fetched gzipped with the token; fail unless probe_success is 1."""
+    from monitor.models import StateExposition
+
+    stored = StateExposition.objects.filter(state__service__name=SERVICE).count()
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {METRICS_TOKEN}", "Accept-Encoding": "gzip"}
+        connection.request("GET", "/metrics", headers=headers)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    if response.status != 200:
+        raise CheckFailed(f"gunicorn answered /metrics with {response.status}: {body[:200]!r}")
+    text = gzip.decompress(body).decode() if response.getheader("Content-Encoding") == "gzip" else body.decode()
+    lines = [line for line in text.splitlines() if line.startswith(f'probe_success{{service="{SERVICE}"')]
+    if not stored or len(lines) != 1 or not lines[0].endswith(" 1"):
+        raise CheckFailed(f"/metrics: {stored} stored series, probe_success lines {lines}")
+    return f"/metrics ({len(body):,} bytes gzipped, {stored} stored series): {lines[0]}"
 
 
 def read(log: Path) -> str:
