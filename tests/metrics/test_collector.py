@@ -12,6 +12,7 @@ import subprocess
 import threading
 
 import pytest
+import trustme
 from django.db import connection
 from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
@@ -484,6 +485,31 @@ def test_pausing_renders_the_paused_series(fleet):
     assert value(families, "portwatch_service_status", service="web", status="paused") == 1
     assert not [s for s in families["probe_success"] if s.labels["service"] == "web"]
     assert b'status="paused"} 1' in bytes(StateExposition.objects.get(state__service=web).text)
+
+
+def test_a_real_certificate_naming_the_joining_characters_cannot_split_or_relabel_the_stored_series(tmp_path):
+    # A server chose this certificate: its subject holds the record and unit separators, a quote and a line feed.
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    leaf = ca.issue_cert("127.0.0.1", common_name=f"evil{SEPARATOR}{LABELS}x", organization_name='o"\nrg')
+    svc = service("hostile", "http", 1, "implicit", options={"tls_ca_file": str(ca_file)})
+
+    async def probe_twice() -> list[Result]:
+        async with HTTPServer({"/": Reply(200, b"ok")}, tls=leaf) as web:
+            svc.port = web.port
+            return [await probe(svc), await probe(svc)]
+
+    results = asyncio.run(probe_twice())
+    svc.save(update_fields=["port"])
+    recorded(svc, results)
+    assert SEPARATOR in results[-1].tls.subject  # the premise: the engine kept the subject as the server sent it
+    stored = bytes(StateExposition.objects.get(state__service=svc).text).decode()
+    assert len(stored.split(SEPARATOR)) == len(RENDERED) and stored.count(LABELS) == stored.count("\n")
+    families = scrape()
+    info = samples(families, "probe_ssl_last_chain_info", service="hostile")
+    assert len(info) == 1 and "evil\ufffd\ufffdx" in info[0].labels["subject"]
+    assert value(families, "probe_success", service="hostile") == 1
 
 
 @pytest.mark.parametrize("hostile", [SEPARATOR, LABELS, "\x00", f'{SEPARATOR}x"{LABELS}\n'])
