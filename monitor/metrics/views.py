@@ -10,8 +10,9 @@ Decisions:
   guard, 503 when the modules file itself cannot be read. A down service is a 200 with probe_success 0.
 - As in blackbox, `module` defaults to http_2xx; `debug=true` is not implemented and is ignored.
 - The probe runs on its own event loop in the request's thread, as the dashboard's "check now" does.
-- /metrics streams the families as the collector writes them, gzipped (level 1: ~5x smaller for a fraction
-  of level 6's CPU) when the scraper accepts it, as Prometheus does.
+- /metrics streams the families as the collector writes them, gzipped when the scraper accepts it, as
+  Prometheus does: by ISA-L (`isal`) at level 1, which gives the same format as zlib and a smaller answer
+  for about a fifth of zlib level 1's CPU (~50 ms, not ~220 ms, for the 97 MB of 10,000 services).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import zlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.views.decorators.http import require_GET
+from isal import isal_zlib
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from monitor.metrics import auth, collector, guard
@@ -86,15 +87,15 @@ def _gzipped(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Yield `chunks` gzipped, each one a gzip member of its own, compressed in threads while the next are made.
 
     A gzip file may hold several members, read as one (RFC 1952; Go's reader, which Prometheus uses, and
-    Python's do), so chunks compress independently: zlib lets go of the GIL, so two cores share the work
-    (~0.25 s on one for the 100 MB of 10,000 services) and it overlaps with the making of the next chunks.
+    Python's do), so chunks compress independently: ISA-L lets go of the GIL, so the compression overlaps
+    with the making of the next chunks.
     """
     members = 0
     with ThreadPoolExecutor(max_workers=GZIP_THREADS, thread_name_prefix="metrics-gzip") as pool:
         pending: collections.deque = collections.deque()
         for chunk in chunks:
             if chunk:
-                pending.append(pool.submit(zlib.compress, chunk, GZIP_LEVEL, 31))  # wbits 31: gzip framing
+                pending.append(pool.submit(isal_zlib.compress, chunk, GZIP_LEVEL, 31))  # wbits 31: gzip framing
             while len(pending) > GZIP_THREADS or (pending and pending[0].done()):
                 members += 1
                 yield pending.popleft().result()
@@ -102,7 +103,7 @@ def _gzipped(chunks: Iterable[bytes]) -> Iterator[bytes]:
             members += 1
             yield pending.popleft().result()
     if not members:  # an empty body is not gzip: one empty member is
-        yield zlib.compress(b"", GZIP_LEVEL, 31)
+        yield isal_zlib.compress(b"", GZIP_LEVEL, 31)
 
 
 def policy() -> Policy:
