@@ -238,10 +238,13 @@ except ValueError as error:
     raise ImproperlyConfigured(f"PORTWATCH_PROBE_ALLOW: {error}") from None
 # /probe refuses the host:port of REDIS_URL and DATABASE_URL unless this says the operator wants them probed.
 PORTWATCH_PROBE_ALLOW_OWN_SERVICES = env_bool("PORTWATCH_PROBE_ALLOW_OWN_SERVICES", default=False)
-# /metrics' latency histogram per service, location and these phases: all six by default; each
-# phase costs 14 series a pair (~154,000 at 10,000 services), so "total" alone cuts the scrape by about half.
+# /metrics' latency histogram per service, location and these phases: the whole probe ("total") by default,
+# what latency SLOs and deploy/prometheus/alerts.yml use. Each phase costs 14 series a pair (~154,000 at
+# 10,000 services, in Prometheus' memory too); all six make a 10,000-service scrape 1.3 million series and
+# ~0.55 s gzipped, "total" 516,000 and ~0.4 s (docs/performance.md). Every phase's last value is always
+# there, in portwatch_probe_phase_seconds.
 HISTOGRAM_PHASES = ("resolve", "connect", "tls", "processing", "transfer", "total")  # monitor.models.history.PHASES
-PORTWATCH_METRICS_HISTOGRAM_PHASES = env_list("PORTWATCH_METRICS_HISTOGRAM_PHASES", list(HISTOGRAM_PHASES))
+PORTWATCH_METRICS_HISTOGRAM_PHASES = env_list("PORTWATCH_METRICS_HISTOGRAM_PHASES", ["total"])
 if unknown := [phase for phase in PORTWATCH_METRICS_HISTOGRAM_PHASES if phase not in HISTOGRAM_PHASES]:
     raise ImproperlyConfigured(
         f"PORTWATCH_METRICS_HISTOGRAM_PHASES: unknown phase {unknown[0]!r}; "

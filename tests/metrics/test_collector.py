@@ -18,12 +18,14 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import tasks
+from monitor.daemon import expositions
 from monitor.daemon.recording import Outcome, pause, record
 from monitor.metrics import exposition as rendering
 from monitor.metrics.blackbox import exposition, series
 from monitor.metrics.collector import REASONS, collect
 from monitor.metrics.exposition import LABELS, RENDERED, SEPARATOR, PairState
 from monitor.models import Schedule, Service, ServiceState, StateExposition, Watermark, WorkerHeartbeat
+from monitor.models.history import PHASES as HISTOGRAM_PHASES
 from monitor.probes import Result, Target, parse_options, run_probe
 from monitor.stats import LATENCY_BUCKETS, counted, missed_reason
 from monitor.tasks import DISPATCHED
@@ -436,8 +438,12 @@ def test_the_writer_stores_every_states_series_with_the_key_a_scrape_expects(fle
         assert f"probe_success{{{LABELS}}} " in text
 
 
-def test_a_scrape_from_the_stored_series_says_the_same_as_one_rendered_live(fleet):
+def test_a_scrape_from_the_stored_series_says_the_same_as_one_rendered_live(fleet, settings):
+    settings.PORTWATCH_METRICS_HISTOGRAM_PHASES = list(HISTOGRAM_PHASES)  # every phase: the most to compare
+    services = {service.pk: (service.protocol, service.host) for service in Service.objects.all()}
+    assert expositions.write(ServiceState.objects.all(), services) == ServiceState.objects.count()
     stored = b"".join(collect(NOW)).decode()
+    assert StateExposition.objects.count() == ServiceState.objects.count()  # the scrape above read them all
     StateExposition.objects.all().delete()
     live = b"".join(collect(NOW)).decode()
     assert parsed(stored) == parsed(live)
