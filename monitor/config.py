@@ -16,12 +16,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import Fernet, MultiFernet
 from django.core.exceptions import ImproperlyConfigured
 
 TRUE_WORDS = ("true", "yes", "on", "1")
 FALSE_WORDS = ("false", "no", "off", "0")
 SECRET_KEY_BYTES = 50  # token_urlsafe(50) gives 67 characters, above Django's 50-character minimum check
 SECRET_KEY_PLACEHOLDER = "CHANGE-ME"  # what deploy/systemd/env.example ships in place of every secret
+MAKE_FERNET_KEY = "python3 -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
 MAKE_SECRET_KEY = "python3 -c 'import secrets; print(secrets.token_urlsafe(50))'"
 BASE_URL_SCHEMES = ("https", "http")
 POSTGRES_SCHEMES = ("postgres", "postgresql", "pgsql")
@@ -246,3 +248,22 @@ def _read_secret_key(path: Path) -> str:
     if not key:
         raise ImproperlyConfigured(f"{path} is empty; delete it to generate a new secret key, or set DJANGO_SECRET_KEY")
     return key
+
+
+def parse_keys(keys: list[str], *, name: str = "PORTWATCH_SECRETS_KEY") -> MultiFernet:
+    """Return a MultiFernet of `keys` (the first encrypts); raise ImproperlyConfigured naming a malformed one.
+
+    The message gives the key's position, never the key: a near-miss is still mostly secret.
+    """
+    fernets = []
+    for position, key in enumerate(keys, start=1):
+        try:
+            fernets.append(Fernet(key.encode("ascii")))
+        except (ValueError, UnicodeEncodeError):  # binascii.Error is a ValueError
+            raise ImproperlyConfigured(
+                f"{name}: key {position} of {len(keys)} is not a Fernet key (32 bytes in URL-safe base64, "
+                f"44 characters); make one with: {MAKE_FERNET_KEY}"
+            ) from None
+    if not fernets:
+        raise ImproperlyConfigured(f"{name} holds no key; make one with: {MAKE_FERNET_KEY}")
+    return MultiFernet(fernets)

@@ -21,6 +21,7 @@ from monitor.config import (
     env_secret_key,
     env_str,
     load_secret_key,
+    parse_keys,
     sqlite_database,
 )
 from monitor.metrics.guard import parse_allow_list
@@ -250,3 +251,10 @@ if unknown := [phase for phase in PORTWATCH_METRICS_HISTOGRAM_PHASES if phase no
         f"PORTWATCH_METRICS_HISTOGRAM_PHASES: unknown phase {unknown[0]!r}; "
         f"the phases are {', '.join(HISTOGRAM_PHASES)}"
     )
+
+# Alerting: Fernet keys (comma-separated; the first encrypts, all decrypt) for channel secrets at rest
+# (monitor/secrets.py). Unset: a key made once into DATA_DIR/secrets_key. Checked here so a bad key stops
+# the start, not the first alert.
+PORTWATCH_SECRETS_KEY = env_list("PORTWATCH_SECRETS_KEY", [])
+if PORTWATCH_SECRETS_KEY:
+    parse_keys(PORTWATCH_SECRETS_KEY)

@@ -1,0 +1,1 @@
+"""Alerting: who is told about a recorded change, and how; `channels/` holds one transport module per kind."""

@@ -1,0 +1,207 @@
+"""Receivers for channel tests, on 127.0.0.1:0 in threads: a webhook endpoint that records what it gets, and raw peers.
+
+`receiver(Reply(...), tls=leaf)` starts a ThreadingHTTPServer that reads each POST's body and answers with
+the reply; `raw_peer(behaviour)` starts a socket server that misbehaves (silent, garbage, drip, flood_head, flood_body).
+tests/peers/http_server.py is asyncio-driven and never reads a request body, so it does not fit here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+import trustme
+
+FLOOD_LIMIT = 64 * 1024 * 1024  # bytes a flooding peer sends at most before giving up by itself
+POLL_INTERVAL = 0.05
+DRIP_INTERVAL = 0.2  # seconds between the dripping peer's bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 204
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]  # names in lower case
+    body: bytes
+
+
+class Receiver:
+    def __init__(self, reply: Reply, tls: trustme.LeafCert | None) -> None:
+        self.reply = reply
+        self.received: list[Received] = []
+        self.scheme = "https" if tls else "http"
+        self.context = None
+        if tls is not None:
+            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            tls.configure_cert(self.context)
+        self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.server.app = self
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(POLL_INTERVAL,), daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}{path}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    app: Receiver
+    daemon_threads = True
+
+    def finish_request(self, request, client_address) -> None:
+        if self.app.context is not None:
+            try:
+                request = self.app.context.wrap_socket(request, server_side=True)
+            except (ssl.SSLError, OSError):  # the client refused our certificate: that is the test
+                return
+        super().finish_request(request, client_address)
+
+    def handle_error(self, request, client_address) -> None:
+        """Stay quiet: clients that hang up early are what some tests do on purpose."""
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        self.server.app.received.append(Received(self.path, headers, body))
+        reply = self.server.app.reply
+        self.send_response(reply.status)
+        for name, value in reply.headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(reply.body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        with contextlib.suppress(ConnectionError):
+            self.wfile.write(reply.body)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: object) -> None:
+        """Keep test output clean."""
+
+
+def silent(conn: socket.socket) -> None:
+    """Accept and read, never answer, until the client hangs up."""
+    while conn.recv(65536):
+        pass
+
+
+def flood_head(conn: socket.socket) -> None:
+    """Answer a status line, then header lines that never end."""
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 200 OK\r\n")
+    _pour(conn, b"X-Flood: yes\r\n" * 256)
+
+
+def flood_body(conn: socket.socket) -> None:
+    """Answer 500 with a body that never ends."""
+    conn.recv(65536)
+    conn.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\n")
+    _pour(conn, b"\x00\x07boom " * 4096)
+
+
+def garbage(conn: socket.socket) -> None:
+    """Answer binary noise instead of HTTP, then keep the connection open."""
+    conn.recv(65536)
+    conn.sendall(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03" + bytes(range(256)) + b"\r\n")
+    while conn.recv(65536):
+        pass
+
+
+def drip(conn: socket.socket) -> None:
+    """Answer a valid head one byte at a time, too slowly for any deadline of a few seconds."""
+    conn.recv(65536)
+    for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Drip: yes\r\n" * 10:
+        conn.sendall(bytes([byte]))
+        time.sleep(DRIP_INTERVAL)
+
+
+def _pour(conn: socket.socket, chunk: bytes) -> None:
+    sent = 0
+    while sent < FLOOD_LIMIT:
+        conn.sendall(chunk)
+        sent += len(chunk)
+
+
+class RawPeer:
+    def __init__(self, behaviour: Callable[[socket.socket], None]) -> None:
+        self.behaviour = behaviour
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(POLL_INTERVAL)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def url(self, path: str = "/hook") -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}{path}"
+
+    def _serve(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn, contextlib.suppress(OSError):
+            self.behaviour(conn)
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.thread.join()
+        self.listener.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Callable[..., Receiver]]:
+    started: list[Receiver] = []
+
+    def start(reply: Reply | None = None, *, tls: trustme.LeafCert | None = None) -> Receiver:
+        started.append(Receiver(reply or Reply(), tls))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def raw_peer() -> Iterator[Callable[[Callable[[socket.socket], None]], RawPeer]]:
+    started: list[RawPeer] = []
+
+    def start(behaviour: Callable[[socket.socket], None]) -> RawPeer:
+        started.append(RawPeer(behaviour))
+        return started[-1]
+
+    yield start
+    for peer in started:
+        peer.close()
+
+
+@pytest.fixture
+def refused_url() -> str:
+    """A URL on a port nothing listens on: bound for a free number, then closed."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"
