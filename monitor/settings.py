@@ -199,6 +199,9 @@ CELERY_BEAT_SCHEDULE = {
     "refresh-uptimes": {"task": "portwatch.refresh_uptimes", "schedule": 600.0, "options": {"expires": 590.0}},
     "prune": {"task": "portwatch.prune", "schedule": 3600.0, "options": {"expires": 3300.0}},
     "sweep": {"task": "portwatch.sweep", "schedule": 15.0, "options": {"expires": 14.0}},
+    # Alerting (monitor/alerting/notifier.py): a change waits at most 5 s to be claimed; overlapping runs
+    # share the work by their claims.
+    "notify": {"task": "portwatch.notify", "schedule": 5.0, "options": {"expires": 5.0}},
     # dashboard/tasks.py: public status pages are read here, not while a visitor waits.
     "refresh-status-pages": {
         "task": "portwatch.refresh_status_pages",
@@ -258,3 +261,10 @@ if unknown := [phase for phase in PORTWATCH_METRICS_HISTOGRAM_PHASES if phase no
 PORTWATCH_SECRETS_KEY = env_list("PORTWATCH_SECRETS_KEY", [])
 if PORTWATCH_SECRETS_KEY:
     parse_keys(PORTWATCH_SECRETS_KEY)
+
+# Alerting's notifier (monitor/alerting/notifier.py, the portwatch.notify task). A change older than
+# PORTWATCH_ALERT_MAX_AGE seconds when the notifier first sees it is recorded but not sent (after a long
+# stop, no storm of stale alerts); a failing delivery is retried with backoff for
+# PORTWATCH_ALERT_RETRY_WINDOW seconds from its alert, then marked failed.
+PORTWATCH_ALERT_MAX_AGE = env_int("PORTWATCH_ALERT_MAX_AGE", 3600, minimum=60, maximum=7 * 24 * 3600)
+PORTWATCH_ALERT_RETRY_WINDOW = env_int("PORTWATCH_ALERT_RETRY_WINDOW", 24 * 3600, minimum=60, maximum=7 * 24 * 3600)

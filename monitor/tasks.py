@@ -2,7 +2,8 @@
 
 Exposes `dispatch` (beat, every second), `probe_batch` (sent by dispatch to `probe.<location>`; it
 hands the jobs to the worker process's prober and returns at once), `sweep` (every 15 s: missed
-slots), `update_rollups` (every minute), `refresh_uptimes` (every ten minutes) and `prune` (hourly).
+slots), `update_rollups` (every minute), `refresh_uptimes` (every ten minutes), `prune` (hourly) and
+`notify` (every 5 s: alerts and their deliveries, `monitor.alerting.notifier`).
 Each is safe to run twice; the beat schedule is `CELERY_BEAT_SCHEDULE` in `monitor/settings.py`.
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
+from monitor.alerting import notifier
 from monitor.celery import app
 from monitor.daemon import prober, recording, retention, rollups, runner, scheduling, snapshots, sweeper, workers
 from monitor.models import Watermark
@@ -123,3 +125,12 @@ def refresh_uptimes() -> int:
 def prune() -> dict[str, int]:
     """Delete results and rollups past their retention, in bounded chunks."""
     return retention.prune()
+
+
+NOTIFY_TIME_LIMIT = 300  # seconds; deliver_due stops taking new work after 60 s, so this only catches a wedge
+
+
+@shared_task(name="portwatch.notify", ignore_result=True, time_limit=NOTIFY_TIME_LIMIT)
+def notify() -> dict[str, int]:
+    """Turn new status changes into alerts and deliver due notifications; runs at once share the work by claims."""
+    return notifier.run()

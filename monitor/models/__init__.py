@@ -1,5 +1,6 @@
 """Portwatch's models: services, their schedule, and what probing them produced."""
 
+from monitor.models.alerting import Alert, Channel, DeliveryAttempt, Notification
 from monitor.models.history import (
     DailyRollup,
     HourlyRollup,
@@ -22,11 +23,15 @@ from monitor.models.service import (
 
 __all__ = [
     "DEFAULT_LOCATION",
+    "Alert",
+    "Channel",
     "DailyRollup",
+    "DeliveryAttempt",
     "HostField",
     "HourlyRollup",
     "Incident",
     "LocationsField",
+    "Notification",
     "ProbeResult",
     "Schedule",
     "Service",
