@@ -43,14 +43,22 @@ editor_required = _requiring(roles.EDIT)
 admin_required = _requiring(roles.MANAGE_USERS)
 
 
-def allow(request: HttpRequest, action: str = "manual-probe") -> bool:
-    """Count one `action` by the request's user; return False when the user is over the limit for this window."""
-    window = int(time.time() // MANUAL_PROBE_WINDOW)
-    key = f"portwatch:rate:{action}:{request.user.pk}:{window}"
+def allow(request: HttpRequest, action: str = "manual-probe", *, now: float | None = None) -> bool:
+    """Count one `action` by the request's user; return False when the user is over the limit for the last window.
+
+    A sliding window, estimated from two fixed ones: the last window's count weighs by how much of it the
+    sliding window still covers. Fixed windows alone let a user make twice the limit across a boundary
+    (ten actions at 59 s, ten more at 61 s), and let a test's eleventh request straddle into a fresh window.
+    """
+    now = time.time() if now is None else now
+    window, into = divmod(now, MANUAL_PROBE_WINDOW)
+    prefix = f"portwatch:rate:{action}:{request.user.pk}:"
+    key = f"{prefix}{int(window)}"
     cache.add(key, 0, timeout=MANUAL_PROBE_WINDOW * 2)
     try:
         count = cache.incr(key)
     except ValueError:  # expired between add and incr
         cache.set(key, 1, timeout=MANUAL_PROBE_WINDOW * 2)
         count = 1
-    return count <= MANUAL_PROBES_PER_WINDOW
+    before = cache.get(f"{prefix}{int(window) - 1}", 0)
+    return before * (1 - into / MANUAL_PROBE_WINDOW) + count <= MANUAL_PROBES_PER_WINDOW

@@ -81,6 +81,19 @@ def test_manual_probes_are_limited_per_user_per_window():
     assert allow(other)
 
 
+def test_the_limit_holds_across_a_window_boundary_and_frees_up_as_the_window_slides():
+    from dashboard.access import MANUAL_PROBE_WINDOW
+
+    request = RequestFactory().post("/")
+    request.user = user_with_role("eddie", roles.EDITOR)
+    start = 1_000 * MANUAL_PROBE_WINDOW  # the start of a fixed window
+    used = [allow(request, now=start - 1) for _ in range(MANUAL_PROBES_PER_WINDOW)]
+    # Fixed windows alone would allow ten more a second later, in the next window.
+    assert (used, allow(request, now=start + 1)) == ([True] * MANUAL_PROBES_PER_WINDOW, False)
+    # Most of the last window has slid by: its ten count for a tenth.
+    assert allow(request, now=start + 0.95 * MANUAL_PROBE_WINDOW)
+
+
 def test_percent_never_rounds_a_failure_up_to_a_perfect_score():
     assert (percent(0.99999), percent(1.0), percent(None)) == ("99.99 %", "100 %", DASH)
 
