@@ -70,7 +70,10 @@ class ChannelForm(forms.ModelForm):
             stored = getattr(self.instance, name, "") if self.instance.pk else ""
             shown = f"Stored: {masked(stored)}. Leave blank to keep it." if stored else "Not set."
             self.fields[name].help_text = shown
-        self.fields["url"].help_text += " Where to POST, http:// or https://."
+        self.fields["url"].help_text += (
+            " Webhook: where to POST, http:// or https://. Email: the recipients, comma-separated."
+            " Apprise: one or more apprise URLs, space-separated."
+        )
 
     def clean_url(self) -> str:
         url = self.cleaned_data["url"] or (self.instance.url if self.instance.pk else "")

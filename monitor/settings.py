@@ -268,3 +268,14 @@ if PORTWATCH_SECRETS_KEY:
 # PORTWATCH_ALERT_RETRY_WINDOW seconds from its alert, then marked failed.
 PORTWATCH_ALERT_MAX_AGE = env_int("PORTWATCH_ALERT_MAX_AGE", 3600, minimum=60, maximum=7 * 24 * 3600)
 PORTWATCH_ALERT_RETRY_WINDOW = env_int("PORTWATCH_ALERT_RETRY_WINDOW", 24 * 3600, minimum=60, maximum=7 * 24 * 3600)
+
+# Email channels send through this SMTP server (monitor/alerting/channels/email.py); Django's own names.
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)  # STARTTLS
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", default=False)  # implicit TLS (465)
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: STARTTLS (587) or implicit TLS (465)")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "portwatch@localhost")

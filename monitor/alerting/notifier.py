@@ -39,6 +39,9 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from monitor.alerting.channels import Delivery, webhook
+from monitor.alerting.channels import apprise as apprise_channel
+from monitor.alerting.channels import email as email_channel
+from monitor.alerting.messages import message
 from monitor.alerting.payload import payload
 from monitor.models import Alert, Channel, DeliveryAttempt, Notification, StatusChange
 from monitor.models.alerting import MAX_CHANNEL_TIMEOUT, UNSETTLED
@@ -246,7 +249,22 @@ def _send_webhook(channel: Channel, alert: Alert) -> Delivery:
     return webhook.deliver(channel.url, payload(alert), secret=channel.secret or None, timeout=channel.timeout)
 
 
-SENDERS: dict[str, Callable[[Channel, Alert], Delivery]] = {"webhook": _send_webhook}
+def _send_email(channel: Channel, alert: Alert) -> Delivery:
+    said = message(alert)
+    recipients = channel.email_recipients
+    return email_channel.deliver(recipients, said.subject, said.text, said.html, timeout=channel.timeout)
+
+
+def _send_apprise(channel: Channel, alert: Alert) -> Delivery:
+    said = message(alert)
+    return apprise_channel.deliver(channel.apprise_urls, said.subject, said.text, timeout=channel.timeout)
+
+
+SENDERS: dict[str, Callable[[Channel, Alert], Delivery]] = {
+    "webhook": _send_webhook,
+    "email": _send_email,
+    "apprise": _send_apprise,
+}
 
 
 def _settle(notification: Notification, delivery: Delivery, now: dt.datetime, lease: dt.datetime) -> str:

@@ -4,14 +4,18 @@ channel) and `DeliveryAttempt` (every try). Written by `monitor.alerting.notifie
 
 from __future__ import annotations
 
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, validate_email
 from django.db import models
 
 from monitor.models.history import STATE_CHOICES, Incident, StatusChange
 from monitor.models.service import Service, TagsField
 from monitor.secrets import EncryptedTextField, masked
 
-CHANNEL_KINDS = [("webhook", "Webhook")]  # one module per kind in monitor/alerting/channels/
+# One module per kind in monitor/alerting/channels/. What `url` holds, by kind: webhook, the URL to POST to;
+# email, the recipients' addresses, comma-separated; apprise, one or more apprise URLs, space-separated
+# (an apprise URL may itself hold commas: `mailto://...?to=a@x,b@x`).
+CHANNEL_KINDS = [("webhook", "Webhook"), ("email", "Email"), ("apprise", "Apprise")]
 MAX_CHANNEL_TIMEOUT = 60.0  # seconds; a delivery holds its notification's lease that long at most
 
 
@@ -20,7 +24,10 @@ class Channel(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     kind = models.CharField(max_length=16, choices=CHANNEL_KINDS, default="webhook")
-    url = EncryptedTextField(help_text="Where to POST; stored encrypted, shown back masked.")
+    url = EncryptedTextField(
+        help_text="Webhook: where to POST. Email: the recipients, comma-separated. Apprise: one or more apprise "
+        "URLs, space-separated. Stored encrypted, shown back masked."
+    )
     secret = EncryptedTextField(
         blank=True, default="", help_text="HMAC-SHA256 signing secret; empty sends unsigned. Stored encrypted."
     )
@@ -59,6 +66,47 @@ class Channel(models.Model):
     @property
     def masked_url(self) -> str:
         return masked(self.url or "")
+
+    @property
+    def email_recipients(self) -> list[str]:
+        """Return an email channel's addresses, from `url`."""
+        return [address.strip() for address in (self.url or "").split(",") if address.strip()]
+
+    @property
+    def apprise_urls(self) -> list[str]:
+        """Return an apprise channel's URLs, from `url`."""
+        return (self.url or "").split()
+
+    def clean(self) -> None:
+        """Check `url` for the kind: email addresses valid, apprise URLs parsed by apprise; never echo a token."""
+        super().clean()
+        if self.kind == "email":
+            self._clean_recipients()
+        elif self.kind == "apprise":
+            self._clean_apprise()
+
+    def _clean_recipients(self) -> None:
+        recipients = self.email_recipients
+        if not recipients:
+            raise ValidationError({"url": "Give at least one email address, comma-separated."})
+        for address in recipients:
+            try:
+                validate_email(address)
+            except ValidationError:
+                raise ValidationError({"url": f"Not a valid email address: {address!r}."}) from None
+
+    def _clean_apprise(self) -> None:
+        from monitor.alerting.channels.apprise import invalid_urls  # imports apprise, only when needed
+
+        urls = self.apprise_urls
+        if not urls:
+            raise ValidationError({"url": "Give at least one apprise URL."})
+        bad = invalid_urls(urls)
+        if bad:
+            which = ", ".join(f"#{number} ({masked(urls[number - 1])})" for number in bad)
+            raise ValidationError(
+                {"url": f"apprise cannot use URL {which}: check its scheme and parts (see apprise's wiki)."}
+            )
 
 
 ALERT_KINDS = [("down", "Down"), ("up", "Up")]

@@ -1,13 +1,18 @@
 """Receivers for channel tests, on 127.0.0.1:0 in threads: a webhook endpoint that records what it gets, and raw peers.
 
 `receiver(Reply(...), tls=leaf)` starts a ThreadingHTTPServer that reads each POST's body and answers with
-the reply; `raw_peer(behaviour)` starts a socket server that misbehaves (silent, garbage, drip, flood_head, flood_body).
+the reply; `raw_peer(behaviour)` starts a socket server that misbehaves (silent, garbage, drip, flood_head, flood_body);
+`mail_server(refuse=...)` runs aiosmtpd in a thread, `line_server(...)` a scripted SMTP peer, both with
+Django's mail settings pointed at them.
 tests/peers/http_server.py is asyncio-driven and never reads a request body, so it does not fit here.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import email
+import email.policy
 import http.server
 import socket
 import ssl
@@ -18,6 +23,8 @@ from dataclasses import dataclass, field
 
 import pytest
 import trustme
+
+from tests.peers.smtp_server import LineServer, smtp_server
 
 FLOOD_LIMIT = 64 * 1024 * 1024  # bytes a flooding peer sends at most before giving up by itself
 POLL_INTERVAL = 0.05
@@ -205,3 +212,84 @@ def refused_url() -> str:
     with socket.create_server(("127.0.0.1", 0)) as sock:
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/hook"
+
+
+# --- A real SMTP server (aiosmtpd), for the email channel -------------------------------------------
+
+
+class MailRecorder:
+    """An aiosmtpd handler that keeps every message and answers RCPT for `refuse`d addresses with their reply."""
+
+    def __init__(self, refuse: dict[str, str] | None = None) -> None:
+        self.refuse = refuse or {}
+        self.messages: list[email.message.EmailMessage] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options) -> str:
+        if address in self.refuse:
+            return self.refuse[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server, session, envelope) -> str:
+        self.messages.append(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+
+class ThreadedServer:
+    """Run an async server context manager (tests/peers/smtp_server.py's) on its own loop in a thread.
+
+    Those servers run on a test's loop; the email channel is synchronous (Django's SMTP backend), so its
+    server needs a loop of its own. `port` is what the context manager yields (or its `.port`).
+    """
+
+    def __init__(self, manager: contextlib.AbstractAsyncContextManager) -> None:
+        self.manager = manager
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        entered = asyncio.run_coroutine_threadsafe(manager.__aenter__(), self.loop).result(timeout=10)
+        self.port = entered if isinstance(entered, int) else entered.port
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.manager.__aexit__(None, None, None), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+@pytest.fixture
+def mail_server(settings) -> Iterator[Callable[..., tuple[ThreadedServer, MailRecorder]]]:
+    """Start aiosmtpd on 127.0.0.1:0 and point Django's EMAIL_HOST and EMAIL_PORT at it."""
+    started: list[ThreadedServer] = []
+
+    def start(refuse: dict[str, str] | None = None) -> tuple[ThreadedServer, MailRecorder]:
+        recorder = MailRecorder(refuse)
+        started.append(ThreadedServer(smtp_server(handler=recorder)))
+        point_mail_settings(settings, started[-1].port)
+        return started[-1], recorder
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def line_server(settings) -> Iterator[Callable[..., ThreadedServer]]:
+    """Start tests/peers' scripted LineServer in a thread and point Django's mail settings at it."""
+    started: list[ThreadedServer] = []
+
+    def start(greeting: bytes, answer: Callable[[bytes], bytes | None]) -> ThreadedServer:
+        started.append(ThreadedServer(LineServer(greeting, answer)))
+        point_mail_settings(settings, started[-1].port)
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.close()
+
+
+def point_mail_settings(settings, port: int) -> None:
+    settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", port
+    settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
+    settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
+    settings.DEFAULT_FROM_EMAIL = "portwatch@example.com"
