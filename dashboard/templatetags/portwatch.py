@@ -12,6 +12,8 @@ from django import template
 from django.utils import timezone
 from django.utils.html import format_html
 
+from monitor.humanize import span
+
 register = template.Library()
 
 DASH = "\u2013"  # what a table shows where there is no value
@@ -42,21 +44,6 @@ def status_badge(status: str | None, text: str = "") -> str:
 @register.filter
 def status_label(status: str | None) -> str:
     return STATUS_LOOK.get(status or "unknown", STATUS_LOOK["unknown"])[1]
-
-
-def span(seconds: float) -> str:
-    """Return a short human duration: 45 s, 12 min, 3 h 5 min, 4 d 2 h."""
-    seconds = max(0, int(seconds))
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 @register.filter

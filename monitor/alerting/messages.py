@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.alerting.payload import bounded, iso, payload
+from monitor.humanize import span
 from monitor.models import Alert, ProbeResult, ServiceState
 
 CERTIFICATE_FAILURES = ("tls_handshake", "tls_expired", "tls_hostname", "tls_untrusted", "tls_expiring")
@@ -81,22 +82,8 @@ def subject(data: dict[str, Any]) -> str:
     said = f"{service['name']} ({target}) from {service['location']}"
     if data["kind"] == "up":
         after = data.get("duration_seconds")
-        return f"RECOVERED: {said}" + (f" after {duration(after)}" if after is not None else "")
+        return f"RECOVERED: {said}" + (f" after {span(after)}" if after is not None else "")
     return f"DOWN: {said}"
-
-
-def duration(seconds: int) -> str:
-    """Return "40 s", "5 min", "2 h 5 min" or "3 d 4 h"."""
-    if seconds < 60:
-        return f"{seconds} s"
-    minutes = seconds // 60
-    if minutes < 60:
-        return f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 def _headline(data: dict[str, Any]) -> str:
@@ -116,7 +103,7 @@ def _lines(data: dict[str, Any]) -> list[tuple[str, str, bool]]:
     if data["kind"] == "up":
         rows.append(("Recovered at", data["since"], False))
         if data.get("duration_seconds") is not None:
-            rows.append(("Outage lasted", duration(data["duration_seconds"]), False))
+            rows.append(("Outage lasted", span(data["duration_seconds"]), False))
         rows.append(("Cause", what, False))
     else:
         rows.append(("Failure", what, False))

@@ -1,10 +1,10 @@
 """Receivers for channel tests, on 127.0.0.1:0 in threads: a webhook endpoint that records what it gets, and raw peers.
 
-`receiver(Reply(...), tls=leaf)` starts a ThreadingHTTPServer that reads each POST's body and answers with
-the reply; `raw_peer(behaviour)` starts a socket server that misbehaves (silent, garbage, drip, flood_head, flood_body);
+`receiver(Reply(...), tls=leaf)` starts tests/peers/http_server.py's server answering every path with the
+reply (204 by default) and keeping each request, body included; `raw_peer(behaviour)` starts a socket
+server that misbehaves (silent, garbage, drip, flood_head, flood_body);
 `mail_server(refuse=...)` runs aiosmtpd in a thread, `line_server(...)` a scripted SMTP peer, both with
 Django's mail settings pointed at them.
-tests/peers/http_server.py is asyncio-driven and never reads a request body, so it does not fit here.
 """
 
 from __future__ import annotations
@@ -13,17 +13,15 @@ import asyncio
 import contextlib
 import email
 import email.policy
-import http.server
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import pytest
 import trustme
 
+from tests.peers.http_server import HTTPServer, Reply, Request
 from tests.peers.smtp_server import LineServer, smtp_server
 
 FLOOD_LIMIT = 64 * 1024 * 1024  # bytes a flooding peer sends at most before giving up by itself
@@ -31,80 +29,20 @@ POLL_INTERVAL = 0.05
 DRIP_INTERVAL = 0.2  # seconds between the dripping peer's bytes
 
 
-@dataclass(frozen=True)
-class Reply:
-    status: int = 204
-    body: bytes = b""
-    headers: dict[str, str] = field(default_factory=dict)
+class Receiver(HTTPServer):
+    """A webhook endpoint: answers every path with `reply` (which a test may change), keeping each request."""
 
-
-@dataclass(frozen=True)
-class Received:
-    path: str
-    headers: dict[str, str]  # names in lower case
-    body: bytes
-
-
-class Receiver:
     def __init__(self, reply: Reply, tls: trustme.LeafCert | None) -> None:
+        super().__init__({}, tls=tls, fallback=lambda request: self.reply)
         self.reply = reply
-        self.received: list[Received] = []
-        self.scheme = "https" if tls else "http"
-        self.context = None
-        if tls is not None:
-            self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            tls.configure_cert(self.context)
-        self.server = _Server(("127.0.0.1", 0), _Handler)
-        self.server.app = self
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(POLL_INTERVAL,), daemon=True)
-        self.thread.start()
+        self.start()
+
+    @property
+    def received(self) -> list[Request]:
+        return self.requests
 
     def url(self, path: str = "/hook") -> str:
-        return f"{self.scheme}://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join()
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    app: Receiver
-    daemon_threads = True
-
-    def finish_request(self, request, client_address) -> None:
-        if self.app.context is not None:
-            try:
-                request = self.app.context.wrap_socket(request, server_side=True)
-            except (ssl.SSLError, OSError):  # the client refused our certificate: that is the test
-                return
-        super().finish_request(request, client_address)
-
-    def handle_error(self, request, client_address) -> None:
-        """Stay quiet: clients that hang up early are what some tests do on purpose."""
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        headers = {name.lower(): value for name, value in self.headers.items()}
-        self.server.app.received.append(Received(self.path, headers, body))
-        reply = self.server.app.reply
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        with contextlib.suppress(ConnectionError):
-            self.wfile.write(reply.body)
-        self.close_connection = True
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Keep test output clean."""
+        return super().url(path)
 
 
 def silent(conn: socket.socket) -> None:
@@ -185,7 +123,7 @@ def receiver() -> Iterator[Callable[..., Receiver]]:
     started: list[Receiver] = []
 
     def start(reply: Reply | None = None, *, tls: trustme.LeafCert | None = None) -> Receiver:
-        started.append(Receiver(reply or Reply(), tls))
+        started.append(Receiver(reply or Reply(204), tls))
         return started[-1]
 
     yield start

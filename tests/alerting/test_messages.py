@@ -8,6 +8,7 @@ import pytest
 
 from monitor.alerting import messages
 from monitor.alerting.payload import MAX_REASON
+from monitor.humanize import span
 from monitor.models import Alert
 from monitor.probes import Status
 from tests.alerting.test_notifier import STEP, make_service, now, probe
@@ -92,7 +93,7 @@ def test_the_service_page_is_linked_when_there_is_a_url():
     ("seconds", "shown"), [(40, "40 s"), (300, "5 min"), (3600, "1 h"), (7500, "2 h 5 min"), (273600, "3 d 4 h")]
 )
 def test_durations_read_as_a_person_says_them(seconds, shown):
-    assert messages.duration(seconds) == shown
+    assert span(seconds) == shown
 
 
 @pytest.mark.django_db

@@ -3,7 +3,8 @@
     async with HTTPServer({"/": Reply(200, b"healthy"), "/moved": Reply.redirect("/")}, tls=certs.good) as server:
         server.port, server.url("/"), server.requests
 
-A route is a `Reply` or a function of the `Request` returning one; unknown paths get 404.
+A route is a `Reply` or a function of the `Request` returning one; unknown paths get `fallback`, or 404.
+Each request is kept with its body. `with` (or `start()` and `close()`) serves it from synchronous tests.
 TLS, when asked for, is handshaken in each connection's own thread, so a client that fails
 verification cannot stall the others.
 """
@@ -28,6 +29,7 @@ class Request:
     method: str
     path: str
     headers: Mapping[str, str]  # names in lower case
+    body: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -50,8 +52,15 @@ class HTTPServer:
     `tls` may also be a server SSLContext, for a chain trustme cannot make (extra certificates sent).
     """
 
-    def __init__(self, routes: Mapping[str, Route], *, tls: trustme.LeafCert | ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        routes: Mapping[str, Route],
+        *,
+        tls: trustme.LeafCert | ssl.SSLContext | None = None,
+        fallback: Route | None = None,
+    ) -> None:
         self.routes = dict(routes)
+        self.fallback = fallback
         self.requests: list[Request] = []
         self.scheme = "https" if tls else "http"
         self._context = tls if isinstance(tls, ssl.SSLContext) else _server_context(tls) if tls else None
@@ -65,21 +74,33 @@ class HTTPServer:
     def url(self, path: str = "/") -> str:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
-    async def __aenter__(self) -> HTTPServer:
+    def start(self) -> HTTPServer:
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.app = self
         self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_INTERVAL,), daemon=True)
         self._thread.start()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join()
 
+    def __enter__(self) -> HTTPServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> HTTPServer:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
     def reply_to(self, request: Request) -> Reply:
         self.requests.append(request)
-        route = self.routes.get(request.path.split("?")[0])
+        route = self.routes.get(request.path.split("?")[0], self.fallback)
         if route is None:
             return Reply(404, b"not found")
         return route(request) if callable(route) else route
@@ -123,7 +144,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _answer(self, *, send_body: bool) -> None:
         headers = {name.lower(): value for name, value in self.headers.items()}
-        reply = self.server.app.reply_to(Request(self.command, self.path, headers))
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        reply = self.server.app.reply_to(Request(self.command, self.path, headers, body))
         self.send_response(reply.status)
         for name, value in reply.headers.items():
             self.send_header(name, value)
