@@ -75,6 +75,7 @@ REASONS = (*(key for key, _ in MISSED_REASONS), "other", "unrecorded")
 BROKER_TIMEOUT = 2.0  # seconds for the queue-depth connection: a scrape has 10 s in deploy/prometheus.yml
 SERVICE_LABELS = ("service", "protocol", "host", "port", "location", "instance")
 CHUNK = 1000  # pairs per chunk of the histogram, which is streamed
+_SEPARATOR, _PLACEHOLDER = SEPARATOR.encode(), LABELS.encode()  # as they are in the stored texts
 
 STATE_COLUMNS = (
     "service_id",
@@ -105,10 +106,9 @@ def collect(now: dt.datetime | None = None) -> Iterator[bytes]:
         yield header(name).encode()
         yield samples.encode() if isinstance(samples, str) else b"".join(samples)
     yield header(HISTOGRAM).encode()
-    placeholder = LABELS.encode()
     for start in range(0, len(histograms), CHUNK):
         chunk = histograms[start : start + CHUNK]
-        yield b"".join([histogram.replace(placeholder, labels) for labels, histogram in chunk])
+        yield b"".join([histogram.replace(_PLACEHOLDER, labels) for labels, histogram in chunk])
     lines = daemon()
     for name in DAEMON:
         yield (header(name) + "".join(lines[name])).encode()
@@ -125,7 +125,6 @@ def _per_service(now: dt.datetime) -> tuple[list[tuple[str, Iterable[bytes] | st
     stale = [pair for pair in pairs if pair in stored and stored[pair][0] != keys[pair[0]]]
     live = _states(phases, stale) if stale else {}
     uptimes = _uptimes(pairs, snapshots, now)
-    separator, placeholder = SEPARATOR.encode(), LABELS.encode()
     columns, histograms, info, ratios = [], [], [], []
     where = {location: escape(location) for location in {location for _, location in pairs}}
     for pair in pairs:
@@ -134,9 +133,9 @@ def _per_service(now: dt.datetime) -> tuple[list[tuple[str, Iterable[bytes] | st
         text = stored[pair][1] if pair not in live and pair in stored else None
         if text is None:
             text = exposition.render(service[1], service[2], phases, live.get(pair)).encode()
-        head, _, histogram = text.rpartition(separator)
+        head, _, histogram = text.rpartition(_SEPARATOR)
         encoded = labels.encode()
-        columns.append(head.replace(placeholder, encoded).split(separator))
+        columns.append(head.replace(_PLACEHOLDER, encoded).split(_SEPARATOR))
         histograms.append((encoded, histogram))
         info.append(f"portwatch_service_info{{{labels},{service[-3]}}} 1\n")
         if ratio := uptimes.get(pair):
