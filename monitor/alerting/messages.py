@@ -14,6 +14,7 @@ import html
 from dataclasses import dataclass
 from typing import Any
 
+from monitor.alerting.channels import cut
 from monitor.alerting.payload import bounded, iso, payload
 from monitor.humanize import span
 from monitor.models import Alert, ProbeResult, ServiceState
@@ -121,18 +122,13 @@ def _certificate_rows(certificate: dict[str, Any] | None) -> list[tuple[str, str
     if not certificate:
         return []
     rows = [
-        ("Certificate subject", _cut(certificate.get("subject") or "")),
-        ("Certificate issuer", _cut(certificate.get("issuer") or "")),
+        ("Certificate subject", cut(bounded(certificate.get("subject") or ""), MAX_NAME)),
+        ("Certificate issuer", cut(bounded(certificate.get("issuer") or ""), MAX_NAME)),
         ("Certificate expires", f"{certificate.get('not_after')} ({certificate.get('days_left')} days left)"),
     ]
     if certificate.get("verify_error"):
         rows.append(("Verification", bounded(certificate["verify_error"])))
     return [(label, value, False) for label, value in rows]
-
-
-def _cut(text: str) -> str:
-    shown = bounded(text)
-    return shown if len(shown) <= MAX_NAME else shown[: MAX_NAME - 1] + "…"
 
 
 def _html_value(value: str, link: bool) -> str:

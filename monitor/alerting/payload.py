@@ -25,6 +25,7 @@ import datetime as dt
 from django.conf import settings
 from django.urls import reverse
 
+from monitor.alerting.channels import cut
 from monitor.alerting.channels.webhook import SCHEMA_VERSION
 from monitor.models import Alert
 
@@ -59,7 +60,7 @@ def payload(alert: Alert) -> dict:
 def bounded(text: str) -> str:
     """Return `text` with control characters as spaces, cut to MAX_REASON characters."""
     shown = "".join(char if char.isprintable() else " " for char in text)
-    return shown if len(shown) <= MAX_REASON else shown[: MAX_REASON - 1] + "…"
+    return cut(shown, MAX_REASON)
 
 
 def iso(moment: dt.datetime) -> str:

@@ -1,4 +1,7 @@
-"""Notification transports, plain Python (no Django): each channel module's `deliver(...)` returns a `Delivery`."""
+"""Notification transports, plain Python (no Django): each channel module's `deliver(...)` returns a `Delivery`.
+
+`cut(text, limit)` bounds what a server or a probe said wherever it is quoted.
+"""
 
 from __future__ import annotations
 
@@ -18,3 +21,8 @@ class Delivery:
     error: str  # a sentence a person understands, never holding a secret; empty when ok
     retryable: bool
     elapsed: float  # seconds the attempt took
+
+
+def cut(text: str, limit: int) -> str:
+    """Return `text`, or its first `limit` - 1 characters and an ellipsis when it is longer than `limit`."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"

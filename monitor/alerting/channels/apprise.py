@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 import apprise
 
-from monitor.alerting.channels import Delivery
+from monitor.alerting.channels import Delivery, cut
 from monitor.masking import MASK, masked
 
 MAX_CAPTURED = 5  # apprise warnings put in one error sentence
@@ -79,7 +79,7 @@ def deliver(urls: Sequence[str], title: str, body: str, *, timeout: float) -> De
     if sender.ok:
         return Delivery(True, None, "", False, elapsed)
     said = _scrubbed(" ".join(sender.warnings[:MAX_CAPTURED]), urls)
-    said = said if len(said) <= ERROR_EXCERPT else said[: ERROR_EXCERPT - 1] + "…"
+    said = cut(said, ERROR_EXCERPT)
     return Delivery(False, None, f"apprise could not notify {targets}" + (f": {said}" if said else ""), True, elapsed)
 
 

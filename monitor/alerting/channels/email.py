@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from django.conf import settings
 from django.core.mail import EmailMultiAlternatives, get_connection
 
-from monitor.alerting.channels import Delivery
+from monitor.alerting.channels import Delivery, cut
 
 SMTP_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
 ERROR_EXCERPT = 200  # characters of the server's reply put in the error sentence
@@ -84,7 +84,7 @@ def _classed(error: Exception, where: str, timeout: float) -> tuple[int | None, 
 def _reply(raw: bytes | str) -> str:
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     text = " ".join("".join(char if char.isprintable() else " " for char in text).split())
-    return text if len(text) <= ERROR_EXCERPT else text[: ERROR_EXCERPT - 1] + "…"
+    return cut(text, ERROR_EXCERPT)
 
 
 def _scrubbed(sentence: str) -> str:

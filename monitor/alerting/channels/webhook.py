@@ -37,7 +37,7 @@ from importlib import metadata
 
 import h11
 
-from monitor.alerting.channels import Delivery
+from monitor.alerting.channels import Delivery, cut
 from monitor.masking import masked
 
 SCHEMA_VERSION = 1  # the payload's `schema`; a receiver branches on it, so a breaking change bumps it
@@ -299,4 +299,4 @@ def _excerpt(body: bytes) -> str:
     text = body.decode("utf-8", "replace")
     shown = "".join(char if char in PRINTABLE or (char.isprintable() and char != "\ufffd") else " " for char in text)
     shown = " ".join(shown.split())
-    return shown if len(shown) <= ERROR_EXCERPT else shown[: ERROR_EXCERPT - 1] + "…"
+    return cut(shown, ERROR_EXCERPT)
