@@ -1,7 +1,8 @@
 """What the service detail page reads: states, latency by phase, the status timeline, results and incidents.
 
 Exposes `RANGES`, `states()`, `overall()`, `location_rows()`, `latency_series()`, `latency_table()`,
-`timeline()`, `daily_row()`, `recent_results()`, `incidents()`, and from what those read,
+`timeline()`, `daily_row()`, `recent_results()`, `incidents()`, `alerts()` (what was sent, and every
+attempt), `open_problem()`, and from what those read,
 `certificates()` and `greetings()` (`certificate()` and `greeting_text()` for one probe). Each
 reader is one query (two for the 24 h and 7 d charts, three for the 30 d one, four for the latency
 table) whatever the amount of history, and raw results are read for the last hours only: the 1 h
@@ -18,13 +19,24 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from django.db import connection
-from django.db.models import Avg, Count, F, FloatField, Q, Sum
+from django.db.models import Avg, Count, F, FloatField, Prefetch, Q, Sum
 from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, ExtractMinute, Floor, Trunc
 
 from dashboard.charts import PHASES, Point
 from dashboard.severity import rank
-from monitor.models import DailyRollup, HourlyRollup, Incident, ProbeResult, Service, ServiceState
+from monitor.models import (
+    Alert,
+    DailyRollup,
+    DeliveryAttempt,
+    HourlyRollup,
+    Incident,
+    Notification,
+    ProbeResult,
+    Problem,
+    Service,
+    ServiceState,
+)
 from monitor.readers import latency_summaries
 from monitor.stats import DAY, HOUR, OK_STATUSES, ceil, floor
 
@@ -38,6 +50,8 @@ TIMELINE_BUCKETS = 96  # 24 h of 15 min
 DAILY_BARS = 30
 RECENT_RESULTS = 50
 RECENT_INCIDENTS = 20
+RECENT_ALERTS = 20
+NOTIFICATION_COLUMNS = ("id", "alert_id", "channel_id", "status", "attempts", "sent_at", "last_error")
 
 
 def states(service: Service) -> list[ServiceState]:
@@ -329,6 +343,30 @@ def recent_results(service: Service, now: dt.datetime) -> list[ProbeResult]:
 def incidents(service: Service) -> list[Incident]:
     """Return the service's latest incidents, newest first."""
     return list(Incident.objects.filter(service=service).order_by("-started_at", "-id")[:RECENT_INCIDENTS])
+
+
+def open_problem(service: Service) -> Problem | None:
+    """Return the service's open down problem once it has started (enough locations agree), or None."""
+    return Problem.objects.filter(service=service, kind="down", ended_at=None, started_at__isnull=False).first()
+
+
+def alerts(service: Service) -> list[Alert]:
+    """Return the service's latest alerts, newest first, with what was sent to each channel and every attempt.
+
+    Three queries. Channels are read by name only: their URLs and secrets are neither decrypted nor shown.
+    """
+    sent = Notification.objects.select_related("channel").only(
+        *NOTIFICATION_COLUMNS, "channel__id", "channel__name", "channel__kind"
+    )
+    attempts = DeliveryAttempt.objects.order_by("at", "id")
+    return list(
+        Alert.objects.filter(service=service)
+        .order_by("-created", "-id")
+        .prefetch_related(
+            Prefetch("notifications", queryset=sent.order_by("channel__name")),
+            Prefetch("notifications__attempts_made", queryset=attempts),
+        )[:RECENT_ALERTS]
+    )
 
 
 # --- Certificates and greetings -------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Exposes `Filters` (parsed from the query string), `summary()` (whole fleet, one query),
 `services(filters)` (a queryset: filtering, sorting and counting happen in SQL), `matching(filters)`
 (the same, unsorted: what to count), `rows(services, now)` (the page's statuses, uptimes and
-sparklines, a fixed number of queries), `page_size()`, `STATUSES`, `SORTS` and `DEFAULT_SORT`.
+sparklines, a fixed number of queries), `broken_channels(now)` (for the banner), `page_size()`, `STATUSES`,
+`SORTS` and `DEFAULT_SORT`.
 
 Decisions:
 
@@ -44,7 +45,17 @@ from django.db.models.functions import Cast, Coalesce, ExtractHour
 
 from dashboard.severity import RANK, RANKED
 from dashboard.templatetags.portwatch import ms
-from monitor.models import DEFAULT_LOCATION, HourlyRollup, Service, ServiceState, ServiceSummary
+from monitor.alerting.health import channel_health
+from monitor.alerting.maintenance import in_maintenance
+from monitor.models import (
+    DEFAULT_LOCATION,
+    Channel,
+    HourlyRollup,
+    MaintenanceWindow,
+    Service,
+    ServiceState,
+    ServiceSummary,
+)
 from monitor.probes import PROTOCOLS
 from monitor.readers import WINDOWS, Uptime, recent_uptimes
 from monitor.stats import DAY, HOUR, floor
@@ -221,6 +232,7 @@ class Row:
     uptimes_as_of: dt.datetime | None = None  # when they were computed: snapshots are up to a few minutes old
     cert_days: float | None = None
     last_checked_at: dt.datetime | None = None
+    maintenance: tuple[MaintenanceWindow, dt.datetime] | None = None  # the window holding it, and its end
 
     @property
     def cert_soon(self) -> bool:
@@ -233,7 +245,7 @@ class Row:
 
 
 def rows(page: Sequence[Service], now: dt.datetime) -> list[Row]:
-    """Return the rows of the page's services (from `services()`): three to five queries whatever their number."""
+    """Return the rows of the page's services (from `services()`): four to seven queries whatever their number."""
     if not page:
         return []
     ids = [service.id for service in page]
@@ -245,9 +257,11 @@ def rows(page: Sequence[Service], now: dt.datetime) -> list[Row]:
     pairs = [(service.id, location) for service in page for location in service.location_list]
     counted, as_of = recent_uptimes(pairs, now)
     sparks = _sparks(ids, now)
+    held = in_maintenance(now, among=ids)
     result = []
     for service in page:
         row = _row(service, statuses[service.id], sparks.get(service.id))
+        row.maintenance = held.get(service.id)
         row.uptimes_as_of = as_of
         row.uptimes = [
             sum(
@@ -321,3 +335,10 @@ def _spark(hours: dict[int, list[tuple[int, float]]]) -> Spark:
         points.append(f"{float(x) + 3:.1f},{y}")
     title = f"Latency over the last 24 h, hourly average: {ms(low)} to {ms(high)}"
     return Spark(" ".join(points), title)
+
+
+def broken_channels(now: dt.datetime) -> list[tuple[int, str, str]]:
+    """Return (id, name, why) of each enabled channel that is broken: alerts may not be reaching anyone."""
+    health = channel_health(now)
+    enabled = Channel.objects.filter(enabled=True).order_by("name").values_list("id", "name")  # no secret read
+    return [(pk, name, health[pk].why) for pk, name in enabled if pk in health and health[pk].broken]

@@ -1,4 +1,4 @@
-"""Roles are Django groups: viewers see, editors also add and change services, admins also manage users.
+"""Roles are Django groups: viewers see, editors also add and change services, admins also manage users and channels.
 
 `ROLES` maps each group to the permissions it holds; the data migration creates the groups, and
 `role_of()` names a user's highest role. Superusers hold every role.
@@ -13,6 +13,8 @@ ROLE_ORDER = (VIEWER, EDITOR, ADMIN)
 SEE = "monitor.view_service"
 EDIT = "monitor.change_service"
 MANAGE_USERS = "auth.change_user"
+SEE_CHANNELS = "monitor.view_channel"
+MANAGE_CHANNELS = "monitor.change_channel"
 
 _VIEW = [
     "monitor.view_service",
@@ -30,6 +32,10 @@ _ADMIN += [
     for model in ("statuspage", "statuscomponent")
     for verb in ("view", "add", "change", "delete")
 ]
+
+# Channels hold secrets and decide who is woken at night: everyone sees them (masked), admins manage them.
+_VIEW += ["monitor.view_channel"]
+_ADMIN += ["monitor.add_channel", "monitor.change_channel", "monitor.delete_channel"]
 
 ROLES: dict[str, list[str]] = {
     VIEWER: _VIEW,

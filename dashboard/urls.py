@@ -1,11 +1,12 @@
-"""The dashboard's routes. Public without login: the status pages, their JSON, the badges and the login page."""
+"""The dashboard's routes. Public without login: the status pages, their JSON, the badges, acknowledgement links
+and the login page."""
 
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from dashboard.views import detail, incidents, overview, services, status, users
+from dashboard.views import acknowledge, channels, detail, incidents, maintenance, overview, services, status, users
 
 urlpatterns = [
     path(
@@ -28,6 +29,15 @@ urlpatterns = [
     path("services/test", services.test, name="service_test"),
     path("services/bulk", services.bulk, name="service_bulk"),
     path("incidents/", incidents.incidents, name="incidents"),
+    path("maintenance/", maintenance.maintenance_page, name="maintenance"),
+    # Alert channels: list, page, add, edit, delete, "send test" (POST); acknowledging an outage on its service.
+    path("channels/", channels.channels, name="channels"),
+    path("channels/new", channels.add, name="channel_add"),
+    path("channels/<int:channel_id>/", channels.channel, name="channel"),
+    path("channels/<int:channel_id>/edit", channels.edit, name="channel_edit"),
+    path("channels/<int:channel_id>/delete", channels.delete, name="channel_delete"),
+    path("channels/<int:channel_id>/test", channels.send_test, name="channel_test"),
+    path("services/<int:service_id>/acknowledge", acknowledge.on_service, name="service_acknowledge"),
     path("users/", users.users, name="users"),
     path("users/new", users.add, name="user_add"),
     path("users/<int:user_id>/edit", users.edit, name="user_edit"),
@@ -35,4 +45,6 @@ urlpatterns = [
     path("status/<slug:slug>/", status.status_page, name="status_page"),
     path("status/<slug:slug>.json", status.status_json, name="status_json"),
     path("badge/<str:token>/<str:kind>.svg", status.badge, name="badge"),
+    # The signed link in an alert message is the credential (monitor/alerting/acknowledgement.py).
+    path("ack/<str:token>", acknowledge.by_link, name="acknowledge"),
 ]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import zoneinfo
 
 from django import forms
 from django.contrib import admin
 from django.http import HttpRequest
+from django.utils import timezone
 
-from monitor.models import Alert, Channel, DeliveryAttempt, Notification, Service
+from monitor.alerting import maintenance
+from monitor.models import Alert, Channel, DeliveryAttempt, MaintenanceWindow, Notification, Service
 from monitor.probes import PROTOCOLS, ConnectionOptions
 from monitor.secrets import masked
 
@@ -95,6 +98,67 @@ class ChannelAdmin(admin.ModelAdmin):
     @admin.display(description="URL")
     def masked_url(self, channel: Channel) -> str:
         return channel.masked_url
+
+
+class MaintenanceWindowForm(forms.ModelForm):
+    """Times are typed and shown in the window's own time zone, as the people planning the work think of them."""
+
+    TIMES = ("starts_at", "ends_at", "repeat_until")
+
+    class Meta:
+        model = MaintenanceWindow
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        for name in self.TIMES:
+            self.fields[name].help_text = "In the window's time zone."
+            if self.instance.pk and (moment := getattr(self.instance, name)) is not None:
+                zone = maintenance.zone(self.instance)
+                self.initial[name] = moment.astimezone(zone).replace(tzinfo=None)  # naive: shown as is
+
+    def clean(self) -> dict:
+        """Read the times in the window's zone, then check them together (`maintenance.validate`), each error at
+        its field."""
+        cleaned = super().clean()
+        self._in_window_zone(cleaned)
+        names = ("name", "starts_at", "ends_at", "repeat", "repeat_until", "timezone", "enabled")
+        if all(name in cleaned for name in names):  # a field already refused has its own error
+            try:
+                maintenance.validate(MaintenanceWindow(**{name: cleaned[name] for name in names}))
+            except forms.ValidationError as error:
+                self.add_error(None, error)
+        return cleaned
+
+    def _in_window_zone(self, cleaned: dict) -> None:
+        """Turn the times Django read in its own zone back into wall-clock times, and place them in the window's."""
+        try:
+            zone = zoneinfo.ZoneInfo(cleaned.get("timezone") or "UTC")
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return  # validate() says so at the field
+        for name in self.TIMES:
+            if (moment := cleaned.get(name)) is not None:
+                wall = timezone.localtime(moment).replace(tzinfo=None)
+                cleaned[name] = maintenance.from_wall(wall, zone, first=name != "ends_at")
+
+
+@admin.register(MaintenanceWindow)
+class MaintenanceWindowAdmin(admin.ModelAdmin):
+    form = MaintenanceWindowForm
+    list_display = ("name", "occurrence", "repeat", "timezone", "enabled")
+    list_filter = ("repeat", "enabled")
+    search_fields = ("name", "tags", "note")
+    filter_horizontal = ("services",)
+
+    @admin.display(description="Now or next")
+    def occurrence(self, window: MaintenanceWindow) -> str:
+        found = maintenance.next_occurrence(window, timezone.now())
+        if found is None:
+            return "none left" if window.enabled else "disabled"
+        zone = maintenance.zone(window)
+        start, end = (moment.astimezone(zone) for moment in found)
+        running = "now, " if start <= timezone.now() else ""
+        return f"{running}{start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M %Z}"
 
 
 from monitor import admin_history  # noqa: E402  (registers the read-only history pages)

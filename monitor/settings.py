@@ -25,6 +25,7 @@ from monitor.config import (
     sqlite_database,
 )
 from monitor.metrics.guard import parse_allow_list
+from monitor.validation import parse_days
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -268,6 +269,22 @@ if PORTWATCH_SECRETS_KEY:
 # PORTWATCH_ALERT_RETRY_WINDOW seconds from its alert, then marked failed.
 PORTWATCH_ALERT_MAX_AGE = env_int("PORTWATCH_ALERT_MAX_AGE", 3600, minimum=60, maximum=7 * 24 * 3600)
 PORTWATCH_ALERT_RETRY_WINDOW = env_int("PORTWATCH_ALERT_RETRY_WINDOW", 24 * 3600, minimum=60, maximum=7 * 24 * 3600)
+# Certificate warnings go out once per certificate at each of these days before expiry (a service's own
+# certificate_warn_days wins). Flapping (Icinga's measure: the weighted share of state changes over a
+# location's last 21 checks) starts above HIGH percent and ends below LOW. Monitor-health alerts fire
+# when a location has had no live worker for PORTWATCH_ALERT_WORKER_GRACE seconds, when the dispatcher stopped,
+# or when more than PORTWATCH_ALERT_MISSED_SHARE percent of a location's slots in the last 10 minutes went
+# unmeasured; PORTWATCH_ALERT_MONITOR_HEALTH=false turns these off (for those who alert on the daemon's
+# health with Prometheus' rules in deploy/prometheus instead).
+try:
+    PORTWATCH_ALERT_CERTIFICATE_DAYS = parse_days(env_str("PORTWATCH_ALERT_CERTIFICATE_DAYS", "30,14,7,1"))
+except ValueError as error:
+    raise ImproperlyConfigured(f"PORTWATCH_ALERT_CERTIFICATE_DAYS: {error}") from None
+PORTWATCH_ALERT_FLAP_HIGH = env_int("PORTWATCH_ALERT_FLAP_HIGH", 30, minimum=1, maximum=100)
+PORTWATCH_ALERT_FLAP_LOW = env_int("PORTWATCH_ALERT_FLAP_LOW", 25, minimum=0, maximum=100)
+PORTWATCH_ALERT_WORKER_GRACE = env_int("PORTWATCH_ALERT_WORKER_GRACE", 120, minimum=30, maximum=24 * 3600)
+PORTWATCH_ALERT_MONITOR_HEALTH = env_bool("PORTWATCH_ALERT_MONITOR_HEALTH", default=True)
+PORTWATCH_ALERT_MISSED_SHARE = env_int("PORTWATCH_ALERT_MISSED_SHARE", 10, minimum=1, maximum=100)
 
 # Email channels send through this SMTP server (monitor/alerting/channels/email.py); Django's own names.
 EMAIL_HOST = env_str("EMAIL_HOST", "localhost")

@@ -135,3 +135,16 @@ def validate_interval(value: int) -> None:
 def validate_timeout(value: float) -> None:
     if not value > 0:
         raise ValidationError(f"Timeout must be more than 0 seconds, not {value:g}.", code="timeout_not_positive")
+
+
+def parse_days(value: str) -> list[int]:
+    """Return the days in "30,14,7,1" as distinct integers, largest first; raise ValueError naming a bad one."""
+    days: set[int] = set()
+    for part in (value or "").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit() or not 1 <= int(part) <= 3650:
+            raise ValueError(f"Days must be whole numbers from 1 to 3650, comma-separated, not {part!r}.")
+        days.add(int(part))
+    return sorted(days, reverse=True)

@@ -91,6 +91,12 @@ CONTRACT = frozenset(
         "portwatch_workers_recent",
         "portwatch_missed_slots_total",
         "portwatch_probes_total",
+        # alerting
+        "portwatch_maintenance",
+        "portwatch_alert_channel_healthy",
+        "portwatch_alert_notifications",
+        "portwatch_alert_delivery_attempts_total",
+        "portwatch_notifier_last_run_timestamp_seconds",
     )
 )
 PROMETHEUS_OWN = frozenset({"up"})  # series Prometheus writes for every scrape

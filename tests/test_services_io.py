@@ -279,7 +279,8 @@ def test_an_unknown_key_in_an_entry_is_named(tmp_path):
     error = import_error(tmp_path, "services:\n  - {name: web, host: example.com, protocl: http}\n")
     assert error == (
         "services[0] \"web\": unknown key 'protocl'; the keys are name, host, port, protocol, tls_mode, interval, "
-        "timeout, enabled, tags, locations, failure_threshold, recovery_threshold, options.\n"
+        "timeout, enabled, tags, locations, failure_threshold, recovery_threshold, options, depends_on, "
+        "alert_quorum, reminder_minutes, degraded_latency, degraded_checks, certificate_warn_days.\n"
         'services[0] "web": protocol is required.'
     )
 
@@ -352,10 +353,10 @@ def test_a_key_given_twice_in_one_entry_is_reported_with_its_line(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("- name: web\n", "The file must be a mapping with a `services:` list, but it is a list."),
+        ("7\n", "The file must be a mapping with a `services:` list, but it is a number."),
         ("", "The file must be a mapping with a `services:` list, but it is empty."),
         ("just text\n", "The file must be a mapping with a `services:` list, but it is a text."),
-        ("servers: []\n", "Unknown top-level key 'servers': only `services:` is read."),
+        ("servers: []\n", "Unknown top-level key 'servers': the keys are services, channels, maintenance."),
         ("services: {web: 1}\n", "`services:` must be a list of services, not a mapping."),
     ],
 )

@@ -17,6 +17,8 @@ from django.views.decorators.http import require_POST
 
 from dashboard import badges, charts, checks, detail
 from dashboard.access import MANUAL_PROBE_WINDOW, MANUAL_PROBES_PER_WINDOW, allow, editor_required, viewer_required
+from dashboard.views.maintenance import badge as maintenance_badge
+from monitor.alerting.maintenance import covering
 from monitor.models import Service
 from monitor.probes import Result
 
@@ -84,6 +86,7 @@ def _status(request: HttpRequest, service: Service) -> dict[str, Any]:
         "status": status,
         "since": since,
         "locations": detail.location_rows(service, states),
+        "maintenance": maintenance_badge(*held) if (held := covering(service, timezone.now())) else "",
         "refresh_status": _refresh_url(request, service, "status"),
         "refresh_every": REFRESH_EVERY,
     }
@@ -127,6 +130,8 @@ def _page(request: HttpRequest, service: Service, now: dt.datetime) -> dict[str,
         "greetings": detail.greetings(states, context["results"]),
         "greeting_limit": detail.MAX_GREETING_BYTES,
         "incidents": detail.incidents(service),
+        "alerts": detail.alerts(service),
+        "problem": detail.open_problem(service),
         "badges": _badges(request, service),
         "next": reverse("service", args=[service.id]),
     }

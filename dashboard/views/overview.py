@@ -21,6 +21,7 @@ from django.utils.text import Truncator
 from dashboard import overview as reader
 from dashboard.access import viewer_required
 from dashboard.templatetags.portwatch import DASH, ago, days, ms, percent, span, status_badge, status_label
+from dashboard.views.maintenance import badge as maintenance_badge
 from monitor.models.service import PROTOCOL_CHOICES
 from monitor.readers import Uptime
 
@@ -43,6 +44,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "status_choices": [(status, status_label(status)) for status in reader.STATUSES],
         "protocol_choices": PROTOCOL_CHOICES,
         "next_url": request.get_full_path(),
+        "broken_channels": reader.broken_channels(timezone.now()),
     }
     return render(request, "dashboard/overview.html", context)
 
@@ -107,6 +109,7 @@ class Line:
     cert: str
     last_check: str
     missed: int
+    maintenance: SafeString | str = ""  # the "Maintenance" pill while a window holds the service
 
 
 def _line(row: reader.Row) -> Line:
@@ -127,6 +130,7 @@ def _line(row: reader.Row) -> Line:
         cert=_cert(row),
         last_check=ago(row.last_checked_at),
         missed=row.missed,
+        maintenance=maintenance_badge(*row.maintenance) if row.maintenance else "",
     )
 
 

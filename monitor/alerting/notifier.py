@@ -1,29 +1,36 @@
-"""The notifier: recorded status changes become alerts, alerts become notifications, notifications are delivered.
+"""The notifier: recorded status changes become problems and alerts, alerts become notifications, and
+notifications are delivered, grouped per channel.
 
-Exposes `run(now)` (what the `portwatch.notify` task calls), and its steps `evaluate(now)` (claim changes,
-make alerts and fan them out to channels, one transaction per change) and `deliver_due(now)` (claim due
-notifications with a lease, send, record the attempt, settle or retry). Every step takes `now`, so tests
-move time instead of waiting. Safe with any number of notifiers at once:
+`run(now)` is what the `portwatch.notify` task calls every few seconds. Its steps, each taking `now` so
+tests move time instead of waiting:
+
+1. `evaluate(now)`: claim each new StatusChange once and apply it to its service's problem
+   (`monitor.alerting.problems`: quorum across locations, holds, the opening and resolving alerts).
+2. `problems.release(now)`, `problems.follow_up(now)` (reminders, escalation), `problems.settle_flapping(now)`
+   and the detectors in `monitor.alerting.conditions` (certificates, latency, the monitor's own health).
+3. `deliver_due(now)`: send what is due, one message per channel for everything waiting there.
+
+Safe with any number of notifiers at once:
 
 1. **A change is claimed once.** `UPDATE ... SET processed = now WHERE id = %s AND processed IS NULL` must
-   change one row; the alert and its notifications are written in the same transaction, so a notifier that
-   dies leaves the change unclaimed rather than claimed and lost.
-2. **Down, then up, never an up alone.** A change to down makes a down alert. A change from down makes an up
-   alert only when the incident's down alert went to some channel, and only to those channels (a resolution
-   for every alert sent, never one for an alert never sent). A recovery is left for the next run while its
-   incident's down change is still unclaimed (another notifier may be making the down alert right now).
-   Changes that do not involve down make nothing, for now.
-3. **No storm on restart.** A down change older than PORTWATCH_ALERT_MAX_AGE when first claimed gets its
-   alert and notification rows, marked skipped with the reason. Recoveries are not held back by age: the
-   down alert they resolve was sent, and a receiver would otherwise believe the outage never ended.
-4. **A notification is sent by one notifier at a time.** Claiming sets status `sending` and a lease
-   (`claimed_until`) with a conditional UPDATE; a notifier that died mid-send leaves the lease to expire, and
-   the notification is sent again (at least once: receivers dedupe on `alert_id`). Settling is conditional
-   on the lease still being the claimer's.
+   change one row; the problem, its alert and its notifications are written in the same transaction, so a
+   notifier that dies leaves the change unclaimed rather than claimed and lost. Changes are taken oldest
+   first, and a change waits while an older one of its service is unclaimed, so a service's changes are
+   applied in order.
+2. **No storm on restart.** A down change older than PORTWATCH_ALERT_MAX_AGE when first claimed gets its
+   alert and notification rows, marked skipped with the reason. Resolutions are never held back.
+3. **Grouping.** A notification waits its channel's `group_window` after its alert; when the first of a
+   channel's notifications is due, every unsettled, unleased notification of that channel that is due or
+   still waiting for its first try is claimed with one token and sent as one message (at most MAX_GROUP).
+   So an alert waits at most the window, and alerts made within it go out together.
+4. **A notification is sent by one notifier at a time.** Claiming sets status `sending`, a lease
+   (`claimed_until`) and the claim token with a conditional UPDATE; a notifier that died mid-send leaves the
+   lease to expire, and the notification is sent again (at least once: receivers dedupe on `alert_id`).
+   Settling is conditional on the claim still being the claimer's.
 5. **Retried, recorded.** Every attempt is a DeliveryAttempt. A retryable failure is tried again after
    RETRY_BASE doubling to RETRY_CAP, until PORTWATCH_ALERT_RETRY_WINDOW after the alert; then, or at once
-   for a failure only the channel's owner can fix, the notification is failed. An up notification waits
-   until its down notification to the same channel is settled, so the recovery never overtakes the outage.
+   for a failure only the channel's owner can fix, the notification is failed. A resolution waits until
+   its opening notification to the same channel is settled, so it never overtakes the outage.
 """
 
 from __future__ import annotations
@@ -31,27 +38,33 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from django.utils.html import escape
 
+from monitor.alerting import conditions, problems
 from monitor.alerting.channels import Delivery, webhook
 from monitor.alerting.channels import apprise as apprise_channel
 from monitor.alerting.channels import email as email_channel
 from monitor.alerting.messages import message
-from monitor.alerting.payload import payload
-from monitor.models import Alert, Channel, DeliveryAttempt, Notification, StatusChange
+from monitor.alerting.payload import body
+from monitor.models import Alert, Channel, DeliveryAttempt, Notification, Service, StatusChange, Watermark
 from monitor.models.alerting import MAX_CHANNEL_TIMEOUT, UNSETTLED
 from monitor.secrets import DecryptionError
 
 logger = logging.getLogger(__name__)
 
-DOWN = "down"
-EVALUATE_BATCH = 500  # changes read per run; the rest wait for the next run, 5 s later
-DELIVER_BATCH = 200  # notifications looked at per run
+EVALUATE_BATCH = 500  # changes read at a time
+EVALUATE_LIMIT = 20_000  # changes applied per run at most
+EVALUATE_BUDGET = 30.0  # seconds of applying changes per run before leaving the rest to the next one
+DELIVER_BATCH = 200  # due notifications looked at per pass, for the channels they name
+WATERMARK = "notifier"  # Watermark row: when a notifier last ran
+MAX_GROUP = 100  # notifications in one message; a bigger burst is sent as several
 DELIVER_BUDGET = 60.0  # seconds of sending per run before leaving the rest to the next one
 # A claim outlives the slowest delivery (one deadline of at most MAX_CHANNEL_TIMEOUT, plus a name lookup that
 # no deadline bounds), so a live sender never loses its claim; a dead one's notification waits this long.
@@ -61,140 +74,76 @@ RETRY_CAP = dt.timedelta(minutes=30)
 
 
 def run(now: dt.datetime | None = None) -> dict[str, int]:
-    """Evaluate new changes, then deliver what is due; return counts of each."""
+    """Evaluate new changes, release, remind, escalate and detect, then deliver what is due; return counts."""
+    now = now or timezone.now()
+    _mark(now)
     alerts = evaluate(now)
+    alerts += len(problems.release(now))
+    alerts += len(problems.follow_up(now))
+    alerts += len(problems.settle_flapping(now))
+    alerts += conditions.check(now)
     return {"alerts": alerts, **deliver_due(now)}
 
 
-# --- Evaluate and fan out ---------------------------------------------------------------------------
+def _mark(now: dt.datetime) -> None:
+    """Note that a notifier ran (for /metrics and the PortwatchNotifierStalled rule: a dead notifier is not silent)."""
+    if not Watermark.objects.filter(name=WATERMARK, moment__lt=now).update(moment=now):
+        Watermark.objects.get_or_create(name=WATERMARK, defaults={"moment": now})
 
 
-def evaluate(now: dt.datetime | None = None, *, limit: int = EVALUATE_BATCH) -> int:
-    """Claim unprocessed status changes, oldest first, and make their alerts; return how many alerts were made."""
+# --- Evaluate ---------------------------------------------------------------------------------------
+
+
+def evaluate(now: dt.datetime | None = None, *, limit: int = EVALUATE_LIMIT) -> int:
+    """Claim unprocessed status changes, oldest first, and apply them; return how many alerts were made.
+
+    Reads EVALUATE_BATCH at a time, up to `limit` changes or EVALUATE_BUDGET seconds; the rest wait for the
+    next run (or another notifier's).
+    """
     now = now or timezone.now()
-    changes = StatusChange.objects.filter(processed=None).select_related("service", "incident")
-    made = 0
-    for change in changes.order_by("created", "id")[:limit]:
-        if _recovery(change) and _down_unclaimed(change):
-            continue  # its down alert is being made by another notifier: next run
-        with transaction.atomic():
-            if StatusChange.objects.filter(pk=change.pk, processed=None).update(processed=now) != 1:
-                continue  # another notifier claimed it
-            made += _alert_for(change, now) is not None
+    started = time.monotonic()
+    made, seen = 0, 0
+    channels = problems.enabled_channels()
+    while seen < limit and time.monotonic() - started < EVALUATE_BUDGET:
+        batch = list(
+            StatusChange.objects.filter(processed=None)
+            .select_related("service")
+            .order_by("created", "id")[: min(EVALUATE_BATCH, limit - seen)]
+        )
+        if not batch:
+            break
+        seen += len(batch)
+        claimed = 0
+        waiting: set[int] = set()  # services with an older change left unclaimed in this pass
+        for change in batch:
+            if change.service_id in waiting or _older_unclaimed(change):
+                waiting.add(change.service_id)
+                continue
+            with transaction.atomic():
+                if StatusChange.objects.filter(pk=change.pk, processed=None).update(processed=now) != 1:
+                    waiting.add(change.service_id)  # another notifier has it: leave its successors to it
+                    continue
+                Service.objects.select_for_update().filter(pk=change.service_id).first()  # one at a time per service
+                made += len(problems.apply(change, now, channels=channels))
+                claimed += 1
+        if not claimed:
+            break  # the rest wait on older changes another notifier holds: the next run
     return made
 
 
-def _recovery(change: StatusChange) -> bool:
-    return change.old_status == DOWN and change.new_status != DOWN
-
-
-def _down_unclaimed(change: StatusChange) -> bool:
-    if change.incident_id is None:
-        return False
-    return StatusChange.objects.filter(incident_id=change.incident_id, new_status=DOWN, processed=None).exists()
-
-
-def _alert_for(change: StatusChange, now: dt.datetime) -> Alert | None:
-    """Make the change's alert and its notifications (in the claiming transaction); None when it makes none."""
-    incident = change.incident
-    if change.new_status == DOWN:
-        channels = [
-            channel
-            for channel in Channel.objects.filter(enabled=True).only("id", "tags")
-            if channel.matches(change.service)
-        ]
-        stale = _staleness(change, now)
-        alert = _make(
-            change,
-            now,
-            "down",
-            change.failure,
-            change.reason,
-            since=incident.started_at if incident else change.created,
-            notified=bool(channels) and not stale,
-        )
-        Notification.objects.bulk_create([_notification(alert, channel.pk, now, skipped=stale) for channel in channels])
-        return alert
-    if not _recovery(change) or change.incident_id is None:
-        return None
-    down = Alert.objects.filter(incident_id=change.incident_id, kind=DOWN, notified=True).first()
-    if down is None:
-        return None  # nobody was told of the outage: nobody is told it ended
-    told = list(
-        down.notifications.filter(status__in=[*UNSETTLED, "sent"])
-        .select_related("channel")
-        .defer("channel__url", "channel__secret")
-    )
-    ended = incident.ended_at if incident and incident.ended_at else change.created
-    alert = _make(
-        change, now, "up", down.failure, down.reason, since=ended, notified=any(n.channel.enabled for n in told)
-    )
-    Notification.objects.bulk_create(
-        [
-            _notification(
-                alert,
-                n.channel_id,
-                now,
-                follows=n,
-                skipped="not sent: the channel is disabled" if not n.channel.enabled else "",
-            )
-            for n in told
-        ]
-    )
-    return alert
-
-
-def _make(change: StatusChange, now: dt.datetime, kind: str, failure: str, reason: str, **fields) -> Alert:
-    return Alert.objects.create(
-        service_id=change.service_id,
-        location=change.location,
-        kind=kind,
-        status=change.new_status,
-        created=now,
-        change=change,
-        incident_id=change.incident_id,
-        failure=failure,
-        reason=reason,
-        **fields,
-    )
-
-
-def _staleness(change: StatusChange, now: dt.datetime) -> str:
-    """Return why the change is too old to be told, or "" when it is fresh."""
-    age, limit = now - change.created, dt.timedelta(seconds=settings.PORTWATCH_ALERT_MAX_AGE)
-    if age <= limit:
-        return ""
-    return (
-        f"not sent: the change was {_minutes(age)} old when the notifier first saw it, more than "
-        f"PORTWATCH_ALERT_MAX_AGE ({_minutes(limit)})"
-    )
-
-
-def _minutes(span: dt.timedelta) -> str:
-    return f"{span.total_seconds() / 60:.0f} min"
-
-
-def _notification(
-    alert: Alert, channel_id: int, now: dt.datetime, *, skipped: str = "", follows: Notification | None = None
-) -> Notification:
-    return Notification(
-        alert=alert,
-        channel_id=channel_id,
-        status="skipped" if skipped else "pending",
-        last_error=skipped,
-        next_attempt_at=now,
-        follows=follows,
-    )
+def _older_unclaimed(change: StatusChange) -> bool:
+    older = Q(created__lt=change.created) | Q(created=change.created, id__lt=change.pk)
+    return StatusChange.objects.filter(older, service_id=change.service_id, processed=None).exists()
 
 
 # --- Deliver ----------------------------------------------------------------------------------------
 
 
 def deliver_due(now: dt.datetime | None = None, *, limit: int = DELIVER_BATCH) -> dict[str, int]:
-    """Claim and send due notifications, one at a time; return how many were sent, retried later, failed.
+    """Send due notifications, one message per channel; return how many notifications were sent, retried, failed.
 
-    Reads them `limit` at a time, again while a pass settled something: a recovery becomes due when its
-    outage's notification is settled, in the same run.
+    Looks again while a pass settled something: a resolution becomes due when its outage's notification is
+    settled, in the same run.
     """
     now = now or timezone.now()
     counts = {"sent": 0, "retrying": 0, "failed": 0}
@@ -202,72 +151,110 @@ def deliver_due(now: dt.datetime | None = None, *, limit: int = DELIVER_BATCH) -
     progressed = True
     while progressed:
         progressed = False
-        for pk in list(_due(now).order_by("next_attempt_at", "id").values_list("id", flat=True)[:limit]):
+        due = _due(now).order_by("next_attempt_at", "id").values_list("channel_id", flat=True)[:limit]
+        for channel_id in dict.fromkeys(due):
             if time.monotonic() - started > DELIVER_BUDGET:
                 return counts  # the next run, seconds away, takes the rest; this one's task must end
-            settled = _deliver_one(pk, now)
-            if settled is not None:
-                counts[settled] += 1
+            for outcome in _deliver_group(channel_id, now):
+                counts[outcome] += 1
                 progressed = True
     return counts
 
 
 def _due(now: dt.datetime):
-    """Return unsettled notifications due at `now` and not leased, whose down notification (if any) is settled."""
-    return _claimable(Notification.objects.all(), now).filter(Q(follows=None) | ~Q(follows__status__in=UNSETTLED))
+    """Return unsettled notifications due at `now` and not leased, whose opening notification (if any) is settled."""
+    return _ready(_claimable(Notification.objects.all(), now).filter(next_attempt_at__lte=now))
+
+
+def _ready(notifications):
+    return notifications.filter(Q(follows=None) | ~Q(follows__status__in=UNSETTLED))
 
 
 def _claimable(notifications, now: dt.datetime):
     # Conditions on the row's own columns only: PostgreSQL re-checks them on the row a concurrent claim just
     # updated, where a condition through a join (UPDATE ... WHERE id IN (SELECT ...)) is not re-checked and
-    # two notifiers could both claim (the concurrency test caught it).
-    return notifications.filter(status__in=UNSETTLED, next_attempt_at__lte=now).filter(
-        Q(claimed_until=None) | Q(claimed_until__lt=now)
+    # two notifiers could both claim (the concurrency test caught it). The join on `follows` is read before
+    # claiming: a settled notification never becomes unsettled again, so a stale read is still true.
+    return notifications.filter(status__in=UNSETTLED).filter(Q(claimed_until=None) | Q(claimed_until__lt=now))
+
+
+def _deliver_group(channel_id: int, now: dt.datetime) -> list[str]:
+    """Claim the channel's due and waiting notifications, send them as one message, settle each; return outcomes."""
+    waiting = Q(next_attempt_at__lte=now) | Q(attempts=0, status="pending")
+    members = list(
+        _ready(_claimable(Notification.objects.filter(channel_id=channel_id), now))
+        .filter(waiting)
+        .order_by("alert__created", "alert_id")
+        .values_list("id", flat=True)[:MAX_GROUP]
     )
+    token, lease = uuid.uuid4().hex, now + LEASE
+    mine = _claimable(Notification.objects.filter(pk__in=members), now)
+    if not mine.update(status="sending", claimed_until=lease, claim=token, attempts=F("attempts") + 1):
+        return []  # another notifier has them, or they were settled meanwhile
+    claimed = list(
+        Notification.objects.filter(claim=token, status="sending")
+        .select_related("alert__service", "alert__incident", "alert__problem")
+        .order_by("alert__created", "alert_id")
+    )
+    if not any(notification.next_attempt_at <= now for notification in claimed):
+        # Only early ones were left (the due one went to another notifier): let them wait their window.
+        Notification.objects.filter(claim=token, status="sending").update(
+            status="pending", claimed_until=None, attempts=F("attempts") - 1
+        )
+        return []
+    delivery = _send(channel_id, claimed)
+    return [_settle(notification, delivery, now, token) for notification in claimed]
 
 
-def _deliver_one(pk: int, now: dt.datetime) -> str | None:
-    """Claim notification `pk`, send it, record the attempt and settle it; return how, or None if not claimed."""
-    lease = now + LEASE
-    mine = _claimable(Notification.objects.filter(pk=pk), now)
-    if mine.update(status="sending", claimed_until=lease, attempts=F("attempts") + 1) != 1:
-        return None  # another notifier has it, or it was settled meanwhile
-    notification = Notification.objects.select_related("alert__service", "alert__incident").get(pk=pk)
-    delivery = _send(notification)
-    return _settle(notification, delivery, now, lease)
-
-
-def _send(notification: Notification) -> Delivery:
+def _send(channel_id: int, notifications: list[Notification]) -> Delivery:
     try:
-        channel = Channel.objects.get(pk=notification.channel_id)  # decrypts the URL and the secret
+        channel = Channel.objects.get(pk=channel_id)  # decrypts the URL and the secret
     except DecryptionError as error:  # the key changed: retryable, once someone restores it
         return Delivery(False, None, f"the channel's secrets cannot be read: {error}", True, 0.0)
-    return SENDERS[channel.kind](channel, notification.alert)
+    escalated = next((n.escalated_from for n in notifications if n.escalated_from), "")
+    return SENDERS[channel.kind](channel, [n.alert for n in notifications], escalated)
 
 
-def _send_webhook(channel: Channel, alert: Alert) -> Delivery:
-    return webhook.deliver(channel.url, payload(alert), secret=channel.secret or None, timeout=channel.timeout)
+def _send_webhook(channel: Channel, alerts: list[Alert], escalated_from: str) -> Delivery:
+    data = body(alerts, escalated_from=escalated_from)
+    return webhook.deliver(channel.url, data, secret=channel.secret or None, timeout=channel.timeout)
 
 
-def _send_email(channel: Channel, alert: Alert) -> Delivery:
-    said = message(alert)
+def _send_email(channel: Channel, alerts: list[Alert], escalated_from: str) -> Delivery:
+    said = message(alerts, escalated_from=escalated_from)
     recipients = channel.email_recipients
     return email_channel.deliver(recipients, said.subject, said.text, said.html, timeout=channel.timeout)
 
 
-def _send_apprise(channel: Channel, alert: Alert) -> Delivery:
-    said = message(alert)
+def _send_apprise(channel: Channel, alerts: list[Alert], escalated_from: str) -> Delivery:
+    said = message(alerts, escalated_from=escalated_from)
     return apprise_channel.deliver(channel.apprise_urls, said.subject, said.text, timeout=channel.timeout)
 
 
-SENDERS: dict[str, Callable[[Channel, Alert], Delivery]] = {
+SENDERS: dict[str, Callable[[Channel, list[Alert], str], Delivery]] = {
     "webhook": _send_webhook,
     "email": _send_email,
     "apprise": _send_apprise,
 }
 
 
-def _settle(notification: Notification, delivery: Delivery, now: dt.datetime, lease: dt.datetime) -> str:
+def send_test(channel: Channel) -> Delivery:
+    """Send a test message through `channel` at once (the dashboard's "send test"); nothing is recorded.
+
+    The webhook body is `{"schema": N, "test": true, "channel": name, "text": ...}`: receivers can tell it apart.
+    """
+    text = f"This is a test from Portwatch's channel {channel.name!r}. If you read this, alerts reach you here."
+    subject = f"Portwatch test: {channel.name}"
+    if channel.kind == "webhook":
+        body = {"schema": webhook.SCHEMA_VERSION, "test": True, "channel": channel.name, "text": text}
+        return webhook.deliver(channel.url, body, secret=channel.secret or None, timeout=channel.timeout)
+    if channel.kind == "email":
+        html = f"<p>{escape(text)}</p>"
+        return email_channel.deliver(channel.email_recipients, subject, text, html, timeout=channel.timeout)
+    return apprise_channel.deliver(channel.apprise_urls, subject, text, timeout=channel.timeout)
+
+
+def _settle(notification: Notification, delivery: Delivery, now: dt.datetime, token: str) -> str:
     """Record the attempt and mark the notification sent, pending a retry, or failed; return which."""
     retry_at = now + min(RETRY_BASE * 2 ** (notification.attempts - 1), RETRY_CAP)
     window_end = notification.alert.created + dt.timedelta(seconds=settings.PORTWATCH_ALERT_RETRY_WINDOW)
@@ -287,8 +274,8 @@ def _settle(notification: Notification, delivery: Delivery, now: dt.datetime, le
             error=delivery.error,
             elapsed=delivery.elapsed,
         )
-        # Only while the lease is ours: past it, another notifier may have claimed and settled it.
-        Notification.objects.filter(pk=notification.pk, status="sending", claimed_until=lease).update(
+        # Only while the claim is ours: past the lease, another notifier may have claimed and settled it.
+        Notification.objects.filter(pk=notification.pk, status="sending", claim=token).update(
             claimed_until=None, **fields
         )
     if not delivery.ok:

@@ -9,8 +9,10 @@ and `auth.py` and `views.py` are the thin Django layer. `protobuf.py` writes Pro
 exposition (tested against a real Prometheus); /metrics does not serve it yet.
 
 Decisions:
-- Nothing but collector.py reads the database. /probe's parts (modules, query_response, probe, guard,
-  blackbox) and protobuf.py are plain Python, like the engine, and are tested without Django.
+- Nothing but collector.py and the two families it adds (maintenance.py: services in a maintenance window;
+  alerting.py: channels' health and the notifier's last run) reads the database. /probe's parts (modules,
+  query_response, probe, guard, blackbox) and protobuf.py are plain Python, like the engine, and are
+  tested without Django.
 - /probe's parts are modules of their own, so the /metrics collector joined without touching them;
   the credentials in auth.py are for both.
 """

@@ -42,7 +42,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, Greatest
 
 from monitor.daemon.workers import ALIVE_FOR
-from monitor.metrics import exposition
+from monitor.metrics import alerting, exposition, maintenance
 from monitor.metrics.exposition import (
     AT_SCRAPE,
     DAEMON,
@@ -109,9 +109,11 @@ def collect(now: dt.datetime | None = None) -> Iterator[bytes]:
     for start in range(0, len(histograms), CHUNK):
         chunk = histograms[start : start + CHUNK]
         yield b"".join([histogram.replace(_PLACEHOLDER, labels) for labels, histogram in chunk])
+    yield maintenance.family(now).encode()  # services held by a window: monitor/metrics/maintenance.py
     lines = daemon()
     for name in DAEMON:
         yield (header(name) + "".join(lines[name])).encode()
+    yield alerting.collect(now).encode()  # the channels' health: monitor/metrics/alerting.py
 
 
 def _per_service(now: dt.datetime) -> tuple[list[tuple[str, Iterable[bytes] | str]], list[tuple[bytes, bytes]]]:

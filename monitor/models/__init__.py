@@ -1,6 +1,14 @@
 """Portwatch's models: services, their schedule, and what probing them produced."""
 
-from monitor.models.alerting import Alert, Channel, DeliveryAttempt, Notification
+from monitor.models.alerting import (
+    Alert,
+    CertificateWarning,
+    Channel,
+    DeliveryAttempt,
+    MaintenanceWindow,
+    Notification,
+    Problem,
+)
 from monitor.models.history import (
     DailyRollup,
     HourlyRollup,
@@ -24,6 +32,7 @@ from monitor.models.service import (
 __all__ = [
     "DEFAULT_LOCATION",
     "Alert",
+    "CertificateWarning",
     "Channel",
     "DailyRollup",
     "DeliveryAttempt",
@@ -31,8 +40,10 @@ __all__ = [
     "HourlyRollup",
     "Incident",
     "LocationsField",
+    "MaintenanceWindow",
     "Notification",
     "ProbeResult",
+    "Problem",
     "Schedule",
     "Service",
     "ServiceState",

@@ -103,6 +103,46 @@ class Service(models.Model):
         validators=[MinValueValidator(1, "Recovery threshold must be at least 1.")],
         help_text="Consecutive good probes before the service counts as up again and the incident closes.",
     )
+    # Alerting: when an outage is told, to whom, how often, and what it waits for (monitor/alerting/).
+    depends_on = models.ManyToManyField(
+        "self",
+        symmetrical=False,
+        blank=True,
+        related_name="dependents",
+        help_text="Services this one needs, e.g. the host's ping check: while one of them is down, this "
+        "service's new alerts are held and listed in that service's message.",
+    )
+    alert_quorum = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Locations that must see the service down before it is alerted as down; 0 means every "
+        "location it is probed from.",
+    )
+    reminder_minutes = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1, "Reminder interval must be at least 1 minute.")],
+        help_text="Remind every this many minutes while an unacknowledged outage lasts; empty uses each "
+        "channel's setting.",
+    )
+    degraded_latency = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.001, "Degraded latency must be more than 0 s.")],
+        help_text="Seconds of total latency above which a check counts as slow; empty never alerts on latency.",
+    )
+    degraded_checks = models.PositiveSmallIntegerField(
+        default=3,
+        validators=[MinValueValidator(1, "Degraded checks must be at least 1.")],
+        help_text="Slow checks in a row before the service is alerted as degraded (and good ones before it "
+        "is normal again).",
+    )
+    certificate_warn_days = models.CharField(
+        max_length=60,
+        blank=True,
+        default="",
+        help_text="Days before a certificate's expiry to warn, comma-separated, e.g. 30,14,7,1; empty uses "
+        "PORTWATCH_ALERT_CERTIFICATE_DAYS.",
+    )
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 
@@ -139,6 +179,15 @@ class Service(models.Model):
             errors["timeout"] = (
                 f"Timeout must be shorter than the interval ({self.interval} s), not {self.timeout:g} s."
             )
+        if self.alert_quorum and self.alert_quorum > len(self.location_list):
+            errors["alert_quorum"] = (
+                f"Alert quorum cannot exceed the {len(self.location_list)} location(s) the service is probed "
+                f"from, not {self.alert_quorum}."
+            )
+        try:
+            self.certificate_warn_days = ",".join(str(day) for day in validation.parse_days(self.certificate_warn_days))
+        except ValueError as error:
+            errors["certificate_warn_days"] = str(error)
         if errors:
             raise ValidationError(errors)
 
@@ -186,6 +235,11 @@ class Service(models.Model):
     @property
     def location_list(self) -> list[str]:
         return [location for location in self.locations.split(",") if location] or [DEFAULT_LOCATION]
+
+    @property
+    def quorum(self) -> int:
+        """Return how many locations must see the service down for it to be alerted as down."""
+        return min(self.alert_quorum, len(self.location_list)) or len(self.location_list)
 
 
 def _stored(typed: Any, raw: Any) -> Any:

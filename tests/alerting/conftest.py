@@ -231,3 +231,10 @@ def point_mail_settings(settings, port: int) -> None:
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
     settings.EMAIL_HOST_USER = settings.EMAIL_HOST_PASSWORD = ""
     settings.DEFAULT_FROM_EMAIL = "portwatch@example.com"
+
+
+@pytest.fixture(autouse=True)
+def quiet_monitor_health(settings) -> None:
+    """Tests here move time hours ahead with no worker beating: the monitor's own health alerts would join every
+    message. tests/alerting/test_conditions.py turns them back on where they are the subject."""
+    settings.PORTWATCH_ALERT_MONITOR_HEALTH = False

@@ -104,7 +104,10 @@ def test_an_outage_posts_exactly_one_down_and_one_recovered_through_apprise(rece
     caplog.set_level(logging.DEBUG)
     server = receiver()
     Channel.objects.create(
-        name="chat", kind="apprise", url=as_apprise(server.url(), credentials=f"u:{TOKEN}@") + f"?-token={TOKEN}"
+        name="chat",
+        kind="apprise",
+        url=as_apprise(server.url(), credentials=f"u:{TOKEN}@") + f"?-token={TOKEN}",
+        group_window=0,
     )
     service = make_service()
     start = now() - 5 * STEP

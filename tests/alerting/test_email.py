@@ -95,7 +95,7 @@ def test_the_password_never_appears_in_the_error_even_when_the_server_echoes_it(
 
 
 def make_email_channel(recipients: str = "ops@example.com") -> Channel:
-    return Channel.objects.create(name="mail", kind="email", url=recipients, timeout=2.0)
+    return Channel.objects.create(name="mail", kind="email", url=recipients, timeout=2.0, group_window=0)
 
 
 @pytest.mark.django_db

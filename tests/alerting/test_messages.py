@@ -111,3 +111,24 @@ def test_facts_of_a_recorded_outage_hold_the_last_good_check_and_the_base_url(se
     assert data["url"] == f"https://portwatch.example.com/services/{service.pk}/"
     assert data["certificate"] is None
     assert isinstance(dt.datetime.fromisoformat(data["since"].replace("Z", "+00:00")), dt.datetime)
+
+
+def test_a_certificate_warning_names_the_certificate_it_warns_about_escaped():
+    certificate = {"subject": "CN=<i>intermediate</i>", "not_after": "2026-12-05T00:00:00Z", "days_left": 6.5}
+    certificate["which"] = "chain"
+    said = messages.render(
+        facts(kind="certificate", status="warning", detail={"days_left": 6.5}, certificate=certificate)
+    )
+    assert said.subject == "CERTIFICATE EXPIRES in 6.5 days: mail (smtp mail.example.com:25) from default"
+    assert (
+        "Which certificate: chain" in said.text
+        and "Certificate expires: 2026-12-05T00:00:00Z (6.5 days left)" in said.text
+    )
+    assert "&lt;i&gt;intermediate&lt;/i&gt;" in said.html and "<i>" not in said.html
+
+
+def test_several_alerts_sent_together_make_one_message_with_a_summary():
+    said = messages.render_group([facts(), facts(kind="up", status="up", duration_seconds=60), facts()])
+    assert said.subject == "3 alerts: 2 down, 1 recovered"
+    assert said.text.startswith("3 alerts: 2 down, 1 recovered.\n\nmail is down.")
+    assert said.html.count("<table>") == 3

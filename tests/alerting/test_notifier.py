@@ -33,7 +33,7 @@ def make_service(name: str = "mail", tags: str = "") -> Service:
 
 
 def make_channel(url: str, name: str = "hook", tags: str = "") -> Channel:
-    return Channel.objects.create(name=name, url=url, secret=SECRET, tags=tags, timeout=2.0)
+    return Channel.objects.create(name=name, url=url, secret=SECRET, tags=tags, timeout=2.0, group_window=0)
 
 
 def probe(service: Service, moment: dt.datetime, status: Status) -> None:
@@ -43,8 +43,14 @@ def probe(service: Service, moment: dt.datetime, status: Status) -> None:
     assert record([Outcome(service.id, "default", moment, moment, result)]) == 1
 
 
-def bodies(server) -> list[dict]:
+def posts(server) -> list[dict]:
+    """Return the JSON bodies the receiver got, one per delivery."""
     return [json.loads(got.body) for got in server.received]
+
+
+def bodies(server) -> list[dict]:
+    """Return every alert the receiver got, in order, from all its deliveries."""
+    return [alert for post in posts(server) for alert in post["alerts"]]
 
 
 # --- The outage lifecycle ---------------------------------------------------------------------------
@@ -78,7 +84,7 @@ def test_an_outage_gives_one_signed_down_and_one_up_with_the_right_fields(receiv
         "up",
     )
     assert up["failure"] == down["failure"]  # the recovery says what the outage was
-    assert down["schema"] == 1 and down["alert_id"] != up["alert_id"]
+    assert [post["schema"] for post in posts(server)] == [2, 2] and down["alert_id"] != up["alert_id"]
     for got in server.received:
         assert verify(SECRET, got.headers["x-portwatch-timestamp"], got.body, got.headers["x-portwatch-signature"])
 
@@ -271,8 +277,8 @@ def test_two_notifiers_at_once_deliver_each_notification_exactly_once(receiver):
         thread.join(timeout=60)
     notifier.run(now())  # a recovery deferred while the other thread made its down alert
     assert failures == []
-    sent = [(got.path, json.loads(got.body)["alert_id"]) for got in server.received]
-    assert len(sent) == len(set(sent)) == 60  # 15 services, down and up, to two channels
+    sent = [(got.path, alert["alert_id"]) for got in server.received for alert in json.loads(got.body)["alerts"]]
+    assert len(sent) == len(set(sent)) == 60  # 15 services, down and up, to two channels, each once
     assert Notification.objects.exclude(status="sent").count() == 0
 
 

@@ -1,4 +1,4 @@
-"""The webhook body, schema 1: links, bounded reasons, the outage's duration."""
+"""The webhook body, schema 2: links, bounded reasons, the outage's duration."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from monitor.alerting.payload import MAX_REASON, payload
+from monitor.alerting.payload import MAX_REASON, body, payload
 from monitor.models import Alert, Incident, Service, StatusChange
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -38,10 +38,13 @@ def make_alert(kind: str = "down", reason: str = "connection refused", ended: bo
 
 
 def test_it_names_the_service_with_its_standard_port_and_location():
-    body = payload(make_alert())
-    assert body["service"]["port"] == 25 and body["service"]["location"] == "eu"
-    assert (body["schema"], body["kind"], body["since"]) == (1, "down", "2026-11-28T12:00:00Z")
-    assert "duration_seconds" not in body
+    alert = make_alert()
+    sent = body([alert])
+    assert sent["schema"] == 2 and sent["alerts"] == [payload(alert)]
+    data = sent["alerts"][0]
+    assert data["service"]["port"] == 25 and data["service"]["location"] == "eu"
+    assert (data["kind"], data["since"], data["locations"]) == ("down", "2026-11-28T12:00:00Z", ["eu"])
+    assert "duration_seconds" not in data
 
 
 def test_it_links_to_the_service_page_under_the_base_url(settings):

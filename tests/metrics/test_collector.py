@@ -18,13 +18,23 @@ from django.test import Client
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import tasks
+from monitor.alerting.notifier import WATERMARK as NOTIFIER
 from monitor.daemon import expositions
 from monitor.daemon.recording import Outcome, pause, record
 from monitor.metrics import exposition as rendering
 from monitor.metrics.blackbox import exposition, series
 from monitor.metrics.collector import REASONS, collect
 from monitor.metrics.exposition import LABELS, RENDERED, SEPARATOR, PairState
-from monitor.models import Schedule, Service, ServiceState, StateExposition, Watermark, WorkerHeartbeat
+from monitor.models import (
+    Channel,
+    MaintenanceWindow,
+    Schedule,
+    Service,
+    ServiceState,
+    StateExposition,
+    Watermark,
+    WorkerHeartbeat,
+)
 from monitor.models.history import PHASES as HISTOGRAM_PHASES
 from monitor.probes import Result, Target, parse_options, run_probe
 from monitor.stats import LATENCY_BUCKETS, counted, missed_reason
@@ -388,6 +398,12 @@ def test_the_metrics_are_the_contract_grafana_and_the_alerts_use(fleet):
     )
     WorkerHeartbeat.objects.create(name="w1:100", location="default", started_at=NOW, last_seen=NOW)
     Watermark.objects.create(name=DISPATCHED, moment=NOW)
+    Watermark.objects.create(name=NOTIFIER, moment=NOW)  # alerting's families: a notifier ran, a channel, a window
+    Channel.objects.create(name="ops", url="http://127.0.0.1:9/hook")
+    window = MaintenanceWindow.objects.create(
+        name="upgrade", starts_at=NOW - dt.timedelta(hours=1), ends_at=NOW + dt.timedelta(hours=1)
+    )
+    window.services.add(fleet["web"])
     names = set(scrape())
     assert CONTRACT - names == set()
     assert names - CONTRACT == {"probe_http_uncompressed_body_length"}  # blackbox's too; nobody uses it

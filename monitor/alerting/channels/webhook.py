@@ -40,7 +40,7 @@ import h11
 from monitor.alerting.channels import Delivery, cut
 from monitor.masking import masked
 
-SCHEMA_VERSION = 1  # the payload's `schema`; a receiver branches on it, so a breaking change bumps it
+SCHEMA_VERSION = 2  # the payload's `schema`; a receiver branches on it, so a breaking change bumps it
 MAX_RESPONSE_BODY = 64 * 1024  # bytes of a failed answer read, for its error sentence only
 ERROR_EXCERPT = 200  # characters of the answer's body put in the error sentence
 RECV_SIZE = 16 * 1024

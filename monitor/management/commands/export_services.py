@@ -1,4 +1,7 @@
-"""`manage.py export_services [FILE]`: write every service as a `services:` YAML file that import_services reads."""
+"""`manage.py export_services [FILE]`: write every service, channel and maintenance window as YAML for import_services.
+
+Channel secrets are never written; see monitor/services_io.py.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,9 @@ from monitor.models import Service
 
 class Command(BaseCommand):
     help = (
-        "Write every service to FILE (default: standard output) as YAML, by name, leaving out default values. "
-        "Importing the file into the same database changes nothing."
+        "Write every service, channel and maintenance window to FILE (default: standard output) as YAML, by "
+        "name, leaving out default values and channel secrets. Importing the file into the same database "
+        "changes nothing."
     )
 
     def add_arguments(self, parser):

@@ -1,4 +1,4 @@
-"""`manage.py import_services FILE.yaml`: create and update services from a `services:` file, all or nothing."""
+"""`manage.py import_services FILE.yaml`: create and update services, channels and maintenance windows at once."""
 
 from __future__ import annotations
 
@@ -13,19 +13,20 @@ from monitor import services_io
 
 class Command(BaseCommand):
     help = (
-        "Create or update services from a YAML file with a top-level `services:` list, matched by name. "
-        "Every entry is validated before anything is written; one bad entry changes nothing. "
-        "Services not in the file are kept unless --prune is given; a file listing no services prunes "
-        "nothing unless --allow-empty is given too."
+        "Create or update services, channels and maintenance windows from a YAML file with top-level "
+        "`services:`, `channels:` and `maintenance:` lists, matched by name. Every entry is validated before "
+        "anything is written; one bad entry changes nothing. Rows not in the file are kept unless --prune is "
+        "given, which prunes only the lists the file has; a list that is empty prunes nothing unless "
+        "--allow-empty is given too."
     )
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="the YAML file, or - for standard input")
-        parser.add_argument("--prune", action="store_true", help="delete services that are not in the file")
+        parser.add_argument("--prune", action="store_true", help="delete what is not in the file, of the lists it has")
         parser.add_argument(
             "--allow-empty",
             action="store_true",
-            help="with --prune, accept a file that lists no services, and so delete every service",
+            help="with --prune, accept an empty list in the file, and so delete every row of that list",
         )
         parser.add_argument("--dry-run", action="store_true", help="show what would change and write nothing")
 
@@ -33,15 +34,15 @@ class Command(BaseCommand):
         try:
             plan = services_io.plan_import(_read(file))
             if prune:  # before the dry run too, so that it shows what the real run does
-                plan.refuse_emptying(allow_empty=allow_empty)
+                plan.check_prune(allow_empty=allow_empty)
         except services_io.ServicesFileError as error:
             raise CommandError(f"{file}: nothing imported.\n{error}") from None
         for change in plan.changes:
             if change.action != "unchanged":
                 self.stdout.write(change.describe())
         if prune:
-            for service in plan.absent:
-                self.stdout.write(f"delete {service.name}")
+            for section, row in plan.absent:
+                self.stdout.write(f"delete {section.prefix}{row.name}")
         if dry_run:
             self.stdout.write(f"Dry run, nothing written: {plan.summary(prune=prune)}")
             return

@@ -1,0 +1,572 @@
+"""From recorded facts to alerts: problems open, are held or told, are reminded, escalated and resolved.
+
+A `Problem` is one thing wrong as people are told it: a service down across its locations, slow, flapping,
+or the monitor itself unwell. Its opening alert goes to the matching channels on duty; its resolution goes
+to every channel its opening alert (or an escalation of it) went to, and is never held back by anything.
+
+- **Quorum.** `apply(change)` keeps the set of locations where the service is down (from the daemon's
+  per-location status changes, in order). The down problem starts when `service.quorum` of them see it
+  down, and ends when fewer do. Before that it is "forming" and tells nobody.
+- **Holds.** A problem that starts while its service is in maintenance, while a service it depends on is
+  down, or while it is flapping is held: no alert, `held` says why. `release(now)`, every run, tells held
+  problems that are still open once nothing holds them ("still down after the maintenance ended"). A held
+  problem that ends is never told, so neither is its end. When a parent's down alert is made, its
+  dependents' down alerts still waiting in their grouping window are held too and listed with it.
+- **Reminders and escalation** (`follow_up(now)`) stop when the problem is acknowledged.
+- **Flapping** is Icinga's measure over a location's last 21 checks: the share of state changes, weighted
+  from 0.8 for the oldest to 1.2 for the newest, starts above PORTWATCH_ALERT_FLAP_HIGH percent and
+  ends below PORTWATCH_ALERT_FLAP_LOW. While flapping, the service's new down alerts are held.
+
+Every function runs inside the caller's transaction where it changes rows, and takes `now`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+
+from monitor.alerting import maintenance
+from monitor.alerting.payload import held_children
+from monitor.models import Alert, Channel, Notification, ProbeResult, Service, StatusChange
+from monitor.models.alerting import RESOLVES, UNSETTLED, Problem
+
+DOWN = "down"
+OPENING = {value: value for value in RESOLVES.values()}  # a problem's opening alert has the problem's kind
+RESOLUTION = {opening: resolution for resolution, opening in RESOLVES.items()}  # "down" -> "up"
+FLAP_CHECKS = 21
+HELD_KINDS = ("down", "degraded", "flapping")  # monitor problems are never held: a dead monitor is never silent
+
+
+# --- Status changes: the down problem and its quorum ------------------------------------------------
+
+
+def apply(change: StatusChange, now: dt.datetime, *, channels: list[Channel] | None = None) -> list[Alert]:
+    """Apply `change` (claimed by the caller, in its transaction) to its service's problems; return alerts made.
+
+    `channels`: the enabled channels (`enabled_channels()`), read once by a caller applying many changes.
+    """
+    service = change.service
+    made: list[Alert] = []
+    if change.new_status == DOWN:
+        made += _location_down(service, change, now, channels)
+    elif change.old_status == DOWN:
+        made += _location_recovered(service, change, now)
+    made += _flapping(service, change, now)
+    return made
+
+
+def _open(kind: str, service: Service | None, key: str = "") -> Problem | None:
+    return (
+        Problem.objects.select_for_update(of=("self",))
+        .filter(kind=kind, service=service, key=key, ended_at=None)
+        .select_related("service")
+        .first()
+    )
+
+
+def _location_down(
+    service: Service, change: StatusChange, now: dt.datetime, channels: list[Channel] | None
+) -> list[Alert]:
+    problem = _open(DOWN, service)
+    if problem is None:
+        problem = Problem.objects.create(
+            kind=DOWN, service=service, opened_at=change.created, failure=change.failure, reason=change.reason
+        )
+    if change.location not in problem.locations:
+        problem.locations = sorted({*problem.locations, change.location})
+    problem.failure, problem.reason = change.failure, change.reason  # the latest location's words
+    counted = [location for location in problem.locations if location in service.location_list]
+    if problem.started_at is None and len(counted) >= service.quorum:
+        problem.started_at = change.created
+        problem.save()
+        return _start(problem, now, location=change.location, change=change, channels=channels)
+    problem.save()
+    return []
+
+
+def _location_recovered(service: Service, change: StatusChange, now: dt.datetime) -> list[Alert]:
+    problem = _open(DOWN, service)
+    if problem is None:
+        return []
+    problem.locations = [location for location in problem.locations if location != change.location]
+    counted = [location for location in problem.locations if location in service.location_list]
+    if problem.started_at is None:
+        if not counted:  # never reached its quorum: it ends as it came, telling nobody
+            problem.ended_at = change.created
+        problem.save()
+        return []
+    if len(counted) >= service.quorum:
+        problem.save()
+        return []
+    problem.locations = sorted({*problem.locations, change.location})  # where it was seen, for the record
+    return _end(problem, change.created, now, location=change.location, change=change)
+
+
+# --- Other kinds: opened and resolved by their detectors ---------------------------------------------
+
+
+def open_problem(
+    kind: str,
+    *,
+    service: Service | None,
+    at: dt.datetime,
+    now: dt.datetime,
+    key: str = "",
+    failure: str = "",
+    reason: str = "",
+    location: str = "",
+    detail: dict | None = None,
+) -> list[Alert]:
+    """Open a problem of `kind` unless one is open (then nothing); tell it, or hold it. Return the alerts made."""
+    if _open(kind, service, key) is not None:
+        return []
+    try:
+        with transaction.atomic():
+            problem = Problem.objects.create(
+                kind=kind,
+                service=service,
+                key=key,
+                opened_at=at,
+                started_at=at,
+                locations=[location] if location else [],
+                failure=failure,
+                reason=reason[:500],
+            )
+    except IntegrityError:
+        return []  # another notifier opened it a moment ago
+    return _start(problem, now, location=location, detail=detail)
+
+
+def resolve_problem(
+    kind: str,
+    *,
+    service: Service | None,
+    at: dt.datetime,
+    now: dt.datetime,
+    key: str = "",
+    location: str = "",
+    detail: dict | None = None,
+) -> list[Alert]:
+    """End the open problem of `kind`, if any, and send its resolution where its opening went."""
+    problem = _open(kind, service, key)
+    if problem is None:
+        return []
+    return _end(problem, at, now, location=location, detail=detail)
+
+
+def announce(
+    kind: str, *, service: Service, now: dt.datetime, reason: str, location: str = "", detail: dict | None = None
+) -> Alert:
+    """Make a one-off alert (a certificate warning) to the service's channels on duty; nothing resolves it."""
+    alert = _alert(kind, service, now, since=now, location=location, reason=reason, detail=detail or {})
+    fan_out(alert, channels_for(service, now), now)
+    return alert
+
+
+# --- Starting, holding, telling, ending -------------------------------------------------------------
+
+
+def _start(
+    problem: Problem,
+    now: dt.datetime,
+    *,
+    location: str = "",
+    change: StatusChange | None = None,
+    detail: dict | None = None,
+    channels: list[Channel] | None = None,
+) -> list[Alert]:
+    """Tell the problem that just started, or hold it; return the alerts made."""
+    hold, parent = holds(problem, now)
+    if hold:
+        problem.held, problem.parent = hold, parent
+        problem.save(update_fields=["held", "parent"])
+        return []
+    return [_tell(problem, now, location=location, change=change, detail=detail, channels=channels)]
+
+
+def holds(problem: Problem, now: dt.datetime) -> tuple[str, Problem | None]:
+    """Return why `problem` must not be told now ("" when nothing holds it) and the parent problem holding it."""
+    service = problem.service
+    if service is None or problem.kind not in HELD_KINDS:
+        return "", None
+    window = maintenance.covering(service, now)
+    if window is not None:
+        name, end = window[0].name, window[1]
+        return f"held: {service.name} is in maintenance {name!r} until {end:%Y-%m-%d %H:%M} UTC", None
+    parent = (
+        Problem.objects.filter(kind=DOWN, ended_at=None, started_at__isnull=False, service__dependents=service)
+        .select_related("service")
+        .order_by("started_at")
+        .first()
+    )
+    if parent is not None:
+        return f"held: {service.name} depends on {parent.service.name}, which is down", parent
+    if problem.kind == DOWN and Problem.objects.filter(kind="flapping", service=service, ended_at=None).exists():
+        return f"held: {service.name} is flapping", None
+    down = Problem.objects.filter(kind=DOWN, service=service, ended_at=None, started_at__isnull=False)
+    if problem.kind == "degraded" and down.exists():
+        return f"held: {service.name} is down", None
+    return "", None
+
+
+def _tell(
+    problem: Problem,
+    now: dt.datetime,
+    *,
+    location: str = "",
+    change: StatusChange | None = None,
+    detail: dict | None = None,
+    released: str = "",
+    channels: list[Channel] | None = None,
+) -> Alert:
+    """Make the problem's opening alert and send it to the channels on duty; mark the problem told."""
+    stale = _staleness(change, now) if change is not None else ""
+    facts = {**(detail or {}), "locations": problem.locations}
+    if released:
+        facts["released"] = released
+    alert = _alert(
+        OPENING[problem.kind],
+        problem.service,
+        now,
+        since=problem.started_at or now,
+        location=location,
+        change=change,
+        problem=problem,
+        failure=problem.failure,
+        reason=problem.reason,
+        detail=facts,
+    )
+    to = channels_for(problem.service, now, channels) if problem.service else monitor_channels(now)
+    told = fan_out(alert, to, now, skipped=stale)
+    problem.held, problem.parent = "", None
+    if told:
+        problem.told = now
+    problem.save(update_fields=["held", "parent", "told"])
+    if problem.kind == DOWN and told:
+        _hold_waiting_children(problem, now)
+    return alert
+
+
+def _end(
+    problem: Problem,
+    at: dt.datetime,
+    now: dt.datetime,
+    *,
+    location: str = "",
+    change: StatusChange | None = None,
+    detail: dict | None = None,
+) -> list[Alert]:
+    """End `problem` at `at`; when it was told, send its resolution to everyone told, whatever holds."""
+    problem.ended_at = at
+    problem.save()
+    if problem.told is None:
+        return []  # held or forming all along: nobody heard of it, nobody hears of its end
+    opening = problem.alerts.filter(kind=OPENING[problem.kind]).order_by("created", "id")
+    told = list(
+        Notification.objects.filter(alert__in=opening, status__in=[*UNSETTLED, "sent"])
+        .select_related("channel")
+        .defer("channel__url", "channel__secret")
+        .order_by("id")
+    )
+    seen: dict[int, Notification] = {}
+    for notification in told:
+        seen.setdefault(notification.channel_id, notification)
+    first = opening.first()
+    facts = {**(detail or {}), "locations": problem.locations}
+    if problem.kind == DOWN:  # who was held behind it, as of now: the release tells them right after
+        facts["held"] = [{"id": child.service_id, "name": child.service.name} for child in held_children(problem)]
+    alert = _alert(
+        RESOLUTION[problem.kind],
+        problem.service,
+        now,
+        since=at,
+        location=location,
+        change=change,
+        status=change.new_status if change is not None else "",
+        problem=problem,
+        failure=first.failure if first else problem.failure,
+        reason=first.reason if first else problem.reason,
+        detail=facts,
+    )
+    rows = [
+        _notification(
+            alert,
+            notification.channel,
+            now,
+            follows=notification,
+            skipped="" if notification.channel.enabled else "not sent: the channel is disabled",
+        )
+        for notification in seen.values()
+    ]
+    Notification.objects.bulk_create(rows)
+    alert.notified = any(not row.last_error for row in rows)
+    alert.save(update_fields=["notified"])
+    return [alert]
+
+
+def _hold_waiting_children(parent: Problem, now: dt.datetime) -> None:
+    """Hold the dependents' down alerts still waiting in their grouping window: the parent's message lists them."""
+    children = Problem.objects.filter(
+        kind=DOWN, ended_at=None, told__isnull=False, service__depends_on=parent.service
+    ).select_for_update(of=("self",))
+    for child in children:
+        waiting = Notification.objects.filter(
+            alert__problem=child, alert__kind=DOWN, status="pending", attempts=0, claim=""
+        )
+        if waiting.count() != Notification.objects.filter(alert__problem=child, alert__kind=DOWN).count():
+            continue  # some channel already has it (or is sending it): its resolution will follow there
+        waiting.update(status="skipped", last_error=f"held: {parent.service.name}, which it depends on, is down")
+        Alert.objects.filter(problem=child, kind=DOWN).update(notified=False)
+        child.told, child.parent = None, parent
+        child.held = f"held: {child.service.name} depends on {parent.service.name}, which is down"
+        child.save(update_fields=["told", "parent", "held"])
+
+
+# --- Every run: release what is no longer held; reminders; escalation ----------------------------------
+
+
+def release(now: dt.datetime) -> list[Alert]:
+    """Tell held problems still open once nothing holds them; return the alerts made."""
+    made: list[Alert] = []
+    for pk in (
+        Problem.objects.filter(ended_at=None, told=None, started_at__isnull=False)
+        .exclude(held="")
+        .values_list("id", flat=True)
+    ):
+        with transaction.atomic():
+            problem = (
+                Problem.objects.select_for_update(of=("self",))
+                .select_related("service")
+                .filter(pk=pk, ended_at=None)
+                .first()
+            )
+            if problem is None or problem.told is not None or not problem.held:
+                continue
+            hold, parent = holds(problem, now)
+            if hold:
+                if (hold, parent) != (problem.held, problem.parent):
+                    problem.held, problem.parent = hold, parent
+                    problem.save(update_fields=["held", "parent"])
+                continue
+            reason = problem.held.removeprefix("held: ")
+            made.append(_tell(problem, now, released=f"held until now ({reason}); still {problem.kind}"))
+    return made
+
+
+def follow_up(now: dt.datetime) -> list[Alert]:
+    """Send reminders and escalate, for told, unacknowledged, open down problems; return the alerts made."""
+    made: list[Alert] = []
+    open_told = Problem.objects.filter(kind=DOWN, ended_at=None, told__isnull=False, acknowledged_at=None)
+    for pk in open_told.values_list("id", flat=True):
+        with transaction.atomic():
+            problem = (
+                Problem.objects.select_for_update(of=("self",))
+                .select_related("service")
+                .filter(pk=pk, ended_at=None)
+                .first()
+            )
+            if problem is None or problem.acknowledged_at is not None:
+                continue
+            made += _remind(problem, now)
+            _escalate(problem, now)
+    return made
+
+
+def _remind(problem: Problem, now: dt.datetime) -> list[Alert]:
+    sent = (
+        Notification.objects.filter(alert__problem=problem, alert__kind__in=["down", "reminder"], status="sent")
+        .values("channel_id")
+        .annotate(last=Max("sent_at"))
+    )
+    last_by_channel = {row["channel_id"]: row["last"] for row in sent}
+    if not last_by_channel:
+        return []
+    channels = Channel.objects.filter(pk__in=last_by_channel, enabled=True).only("id", "reminder_minutes")
+    due = []
+    for channel in channels:
+        minutes = problem.service.reminder_minutes or channel.reminder_minutes
+        if minutes and now - last_by_channel[channel.pk] >= dt.timedelta(minutes=minutes):
+            due.append(channel)
+    if not due:
+        return []
+    down = problem.alerts.filter(kind=DOWN).order_by("created").first()
+    alert = _alert(
+        "reminder",
+        problem.service,
+        now,
+        since=problem.started_at,
+        problem=problem,
+        failure=problem.failure,
+        reason=problem.reason,
+        detail={"locations": problem.locations, "down_alert": down.pk if down else None},
+    )
+    fan_out(alert, due, now, grouped=False)
+    return [alert]
+
+
+def _escalate(problem: Problem, now: dt.datetime) -> None:
+    """Tell each chain's next channel when the outage sat unacknowledged too long where it was sent."""
+    for down in problem.alerts.filter(kind=DOWN):
+        told = list(down.notifications.select_related("channel__escalate_to").defer("channel__url", "channel__secret"))
+        have = {notification.channel_id for notification in told}
+        for notification in told:
+            step = notification.channel.escalate_to
+            if step is None or step.pk in have or not step.enabled or notification.status == "skipped":
+                continue
+            waited_from = notification.sent_at or down.created
+            if now - waited_from < dt.timedelta(minutes=notification.channel.escalate_after_minutes):
+                continue
+            try:
+                with transaction.atomic():
+                    Notification.objects.create(
+                        alert=down,
+                        channel=step,
+                        status="pending",
+                        next_attempt_at=now,
+                        escalated_from=notification.channel.name,
+                    )
+            except IntegrityError:
+                continue
+            have.add(step.pk)
+
+
+# --- Flapping ---------------------------------------------------------------------------------------
+
+
+def flap_share(statuses: Iterable[str]) -> float:
+    """Return Icinga's flapping percentage for statuses, oldest first.
+
+    The last 21 checks make 20 steps; a step that changed state counts its weight, from 0.8 for the oldest
+    step to 1.2 for the newest, and the sum over 20 is the share. Fewer checks count the missing steps as
+    unchanged, so a new service does not start out flapping.
+    """
+    values = ["down" if status == "down" else "up" for status in statuses][-FLAP_CHECKS:]
+    steps = FLAP_CHECKS - 1
+    offset = steps - (len(values) - 1)  # the newest step always weighs 1.2
+    changed = 0.0
+    for index in range(1, len(values)):
+        if values[index] != values[index - 1]:
+            changed += 0.8 + 0.4 * (offset + index - 1) / (steps - 1)
+    return 100.0 * changed / steps
+
+
+def _flapping(service: Service, change: StatusChange, now: dt.datetime) -> list[Alert]:
+    share = _share(service, change.location)
+    if share > settings.PORTWATCH_ALERT_FLAP_HIGH:
+        return open_problem(
+            "flapping",
+            service=service,
+            at=change.created,
+            now=now,
+            location=change.location,
+            reason=f"{share:.0f}% of the last {FLAP_CHECKS} checks changed state",
+            detail={"share": round(share, 1)},
+        )
+    return []
+
+
+def _share(service: Service, location: str) -> float:
+    statuses = list(
+        ProbeResult.objects.filter(service=service, location=location)
+        .exclude(status="unknown")
+        .order_by("-scheduled_at")
+        .values_list("status", flat=True)[:FLAP_CHECKS]
+    )
+    return flap_share(reversed(statuses))
+
+
+def settle_flapping(now: dt.datetime) -> list[Alert]:
+    """End flapping problems whose locations all fell below PORTWATCH_ALERT_FLAP_LOW ("stable again")."""
+    made: list[Alert] = []
+    for pk in Problem.objects.filter(kind="flapping", ended_at=None).values_list("id", flat=True):
+        with transaction.atomic():
+            problem = (
+                Problem.objects.select_for_update(of=("self",))
+                .select_related("service")
+                .filter(pk=pk, ended_at=None)
+                .first()
+            )
+            if problem is None:
+                continue
+            shares = [_share(problem.service, location) for location in problem.service.location_list]
+            if max(shares, default=0.0) < settings.PORTWATCH_ALERT_FLAP_LOW:
+                made += _end(problem, now, now, detail={"share": round(max(shares, default=0.0), 1)})
+    return made
+
+
+# --- Alerts and their notifications -----------------------------------------------------------------
+
+
+def enabled_channels() -> list[Channel]:
+    """Return the enabled channels, their attached services prefetched and their secrets not read."""
+    return list(Channel.objects.filter(enabled=True).prefetch_related("services").defer("url", "secret"))
+
+
+def channels_for(service: Service, now: dt.datetime, channels: list[Channel] | None = None) -> list[Channel]:
+    """Return the enabled channels (of `channels`, else read now) for `service` that are on duty at `now`."""
+    candidates = enabled_channels() if channels is None else channels
+    return [channel for channel in candidates if channel.matches(service) and channel.on_duty(now)]
+
+
+def monitor_channels(now: dt.datetime) -> list[Channel]:
+    """Return the channels for the monitor's own health: those attached to no service and no tag, on duty."""
+    channels = Channel.objects.filter(enabled=True, tags="", services=None).defer("url", "secret")
+    return [channel for channel in channels if channel.on_duty(now)]
+
+
+def _alert(kind: str, service: Service | None, now: dt.datetime, *, status: str = "", **fields) -> Alert:
+    return Alert.objects.create(service=service, kind=kind, status=status or _status(kind), created=now, **fields)
+
+
+def _status(kind: str) -> str:
+    return {"down": "down", "reminder": "down", "up": "up"}.get(kind, "up" if kind in RESOLVES else "warning")
+
+
+def fan_out(
+    alert: Alert, channels: Iterable[Channel], now: dt.datetime, *, skipped: str = "", grouped: bool = True
+) -> bool:
+    """Make one notification per channel; return True when at least one is to be sent (not skipped)."""
+    rows = [_notification(alert, channel, now, skipped=skipped, grouped=grouped) for channel in channels]
+    Notification.objects.bulk_create(rows)
+    alert.notified = bool(rows) and not skipped
+    alert.save(update_fields=["notified"])
+    return alert.notified
+
+
+def _notification(
+    alert: Alert,
+    channel: Channel,
+    now: dt.datetime,
+    *,
+    skipped: str = "",
+    follows: Notification | None = None,
+    grouped: bool = True,
+) -> Notification:
+    wait = dt.timedelta(seconds=channel.group_window if grouped else 0)
+    return Notification(
+        alert=alert,
+        channel_id=channel.pk,
+        status="skipped" if skipped else "pending",
+        last_error=skipped,
+        next_attempt_at=now + wait,
+        follows=follows,
+    )
+
+
+def _staleness(change: StatusChange, now: dt.datetime) -> str:
+    """Return why the change is too old to be told, or "" when it is fresh."""
+    age, limit = now - change.created, dt.timedelta(seconds=settings.PORTWATCH_ALERT_MAX_AGE)
+    if age <= limit:
+        return ""
+    return (
+        f"not sent: the change was {_minutes(age)} old when the notifier first saw it, more than "
+        f"PORTWATCH_ALERT_MAX_AGE ({_minutes(limit)})"
+    )
+
+
+def _minutes(span: dt.timedelta) -> str:
+    return f"{span.total_seconds() / 60:.0f} min"
