@@ -49,7 +49,8 @@ Route = Reply | Callable[[Request], Reply]
 class HTTPServer:
     """Serve `routes` ({path: Reply or function}) over HTTP, or HTTPS with the `tls` certificate.
 
-    `tls` may also be a server SSLContext, for a chain trustme cannot make (extra certificates sent).
+    `tls` may also be a server SSLContext, for a chain trustme cannot make (extra certificates sent). `port`
+    picks the port (0, the default: any free one).
     """
 
     def __init__(
@@ -58,9 +59,11 @@ class HTTPServer:
         *,
         tls: trustme.LeafCert | ssl.SSLContext | None = None,
         fallback: Route | None = None,
+        port: int = 0,
     ) -> None:
         self.routes = dict(routes)
         self.fallback = fallback
+        self._bind_port = port  # 0: any free port; a fixed one lets a test take a peer down and bring it back
         self.requests: list[Request] = []
         self.scheme = "https" if tls else "http"
         self._context = tls if isinstance(tls, ssl.SSLContext) else _server_context(tls) if tls else None
@@ -75,7 +78,7 @@ class HTTPServer:
         return f"{self.scheme}://127.0.0.1:{self.port}{path}"
 
     def start(self) -> HTTPServer:
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        self._server = _Server(("127.0.0.1", self._bind_port), _Handler)
         self._server.app = self
         self._thread = threading.Thread(target=self._server.serve_forever, args=(POLL_INTERVAL,), daemon=True)
         self._thread.start()

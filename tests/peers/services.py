@@ -376,7 +376,8 @@ class Connection:
 class TcpServers:
     """`count` banner servers on 127.0.0.1, one port each, in one event loop thread; each logs its connections.
 
-    A server waits `delay` seconds after accepting, then sends a banner line and closes.
+    A server waits `delay` seconds after accepting, then sends a banner line and closes. `stop(port)` and
+    `start(port)` take one down and bring it back on the same port.
     """
 
     def __init__(self, count: int = 1, *, delay: float = 0.0) -> None:
@@ -412,8 +413,23 @@ class TcpServers:
             task.cancel()
         await asyncio.gather(*handlers, return_exceptions=True)
 
-    async def _serve(self) -> asyncio.Server:
-        return await asyncio.start_server(self._handle, "127.0.0.1", 0)
+    def stop(self, port: int) -> None:
+        """Stop listening on `port`, as a stopped service would: connections there are refused until `start(port)`."""
+        server = self._servers[self.ports.index(port)]
+        asyncio.run_coroutine_threadsafe(self._stop_one(server), self._loop).result(timeout=10)
+
+    def start(self, port: int) -> None:
+        """Listen on `port` again after `stop(port)`, as the service started again on its port would."""
+        started = asyncio.run_coroutine_threadsafe(self._serve(port), self._loop).result(timeout=10)
+        self._servers[self.ports.index(port)] = started
+
+    @staticmethod
+    async def _stop_one(server: asyncio.Server) -> None:
+        server.close()
+        await server.wait_closed()
+
+    async def _serve(self, port: int = 0) -> asyncio.Server:
+        return await asyncio.start_server(self._handle, "127.0.0.1", port)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         port = writer.get_extra_info("sockname")[1]
