@@ -8,6 +8,7 @@ import datetime as dt
 import json
 
 import pytest
+from django.test import Client
 
 from monitor.alerting import acknowledgement, notifier, problems
 from monitor.daemon.recording import Outcome, record
@@ -360,3 +361,28 @@ def test_a_channel_attached_to_a_service_gets_only_it(receiver):
     notifier.run(T0 + SECOND)
     assert told(hook) == [("down", "mine")]
     assert Notification.objects.count() == 1
+
+
+def test_the_signed_link_in_the_message_acknowledges_and_stops_escalation_and_reminders(receiver, settings):
+    settings.PORTWATCH_BASE_URL = "https://portwatch.example.com"
+    team, oncall = receiver(), receiver()
+    pager = make_channel(oncall.url(), name="pager", tags="escalation-only")
+    make_channel(team.url(), name="team", escalate_to=pager, escalate_after_minutes=5, reminder_minutes=10)
+    service = make_service("mx")
+    probe(service, T0, Status.DOWN)
+    notifier.run(T0 + SECOND)
+    link = posts(team)[0]["alerts"][0]["acknowledge_url"]
+    assert link.startswith("https://portwatch.example.com/ack/")
+    path = link.removeprefix(settings.PORTWATCH_BASE_URL)
+    browser = Client(enforce_csrf_checks=True)
+    page = browser.get(path)
+    assert page.status_code == 200 and b"mx" in page.content
+    answer = browser.post(path, {"note": "failing over to mx2", "csrfmiddlewaretoken": page.context["csrf_token"]})
+    assert answer.status_code == 200
+    problem = Problem.objects.get(service=service)
+    assert (problem.acknowledged_by, problem.acknowledgement) == ("link", "failing over to mx2")
+    notifier.run(T0 + 30 * STEP)
+    assert oncall.received == [] and told(team) == [("down", "mx")]  # no escalation, no reminder
+    probe(service, T0 + 31 * STEP, Status.UP)
+    notifier.run(T0 + 31 * STEP + SECOND)
+    assert told(team)[-1] == ("up", "mx") and Problem.objects.get(service=service).ended_at is not None
