@@ -16,7 +16,7 @@ import trustme
 from django.db import connection, connections
 
 from monitor import tasks
-from monitor.alerting import conditions, notifier
+from monitor.alerting import certificates, conditions, notifier
 from monitor.daemon.recording import Outcome, record
 from monitor.models import CertificateWarning, Channel, Problem, Service, Watermark, WorkerHeartbeat
 from monitor.probes import Failure, Phases, Result, Status, Target, http, run_probe
@@ -211,7 +211,7 @@ def test_what_a_certificate_says_is_bounded_and_cleaned(hook, ca, ca_file):
     (alert,) = delivered(hook, start)
     reason, subject = alert["failure"]["reason"], alert["detail"]["subject"]
     assert "\n" not in reason and "\r" not in reason and "\x00" not in subject
-    assert len(subject) <= conditions.MAX_SUBJECT and len(reason) < 300
+    assert len(subject) <= certificates.MAX_SUBJECT and len(reason) < 300
 
 
 def test_check_runs_the_certificate_detector_once_a_minute_whatever_the_runs(hook, ca, ca_file):

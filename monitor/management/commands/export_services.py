@@ -1,6 +1,6 @@
 """`manage.py export_services [FILE]`: write every service, channel and maintenance window as YAML for import_services.
 
-Channel secrets are never written; see monitor/services_io.py.
+Channel secrets are never written; see monitor/services_io/.
 """
 
 from __future__ import annotations
