@@ -17,9 +17,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import trustme
+from django.db import connections
 
 from tests.peers.http_server import HTTPServer, Reply, Request
 from tests.peers.smtp_server import LineServer, smtp_server
@@ -238,3 +240,25 @@ def quiet_monitor_health(settings) -> None:
     """Tests here move time hours ahead with no worker beating: the monitor's own health alerts would join every
     message. tests/alerting/test_conditions.py turns them back on where they are the subject."""
     settings.PORTWATCH_ALERT_MONITOR_HEALTH = False
+
+
+def at_once(work: Callable[[], Any]) -> list[Any]:
+    """Run `work` in two threads released together; return what each returned."""
+    barrier, results, failures = threading.Barrier(2), [], []
+
+    def run() -> None:
+        try:
+            barrier.wait()
+            results.append(work())
+        except Exception as error:  # reported by the assertion below
+            failures.append(error)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    return results

@@ -8,18 +8,17 @@ import dataclasses
 import datetime as dt
 import json
 import re
-import threading
-from collections.abc import Callable
 
 import pytest
 import trustme
-from django.db import connection, connections
+from django.db import connection
 
 from monitor import tasks
 from monitor.alerting import certificates, conditions, notifier
 from monitor.daemon.recording import Outcome, record
 from monitor.models import CertificateWarning, Channel, Problem, Service, Watermark, WorkerHeartbeat
 from monitor.probes import Failure, Phases, Result, Status, Target, http, run_probe
+from tests.alerting.conftest import at_once
 from tests.peers.http_server import HTTPServer, Reply
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -394,28 +393,6 @@ def test_slots_missed_for_want_of_a_worker_are_left_to_the_worker_alert(hook):
 
 
 # --- Several notifiers at once (PostgreSQL) --------------------------------------------------------
-
-
-def at_once(work: Callable[[], int]) -> list[int]:
-    """Run `work` in two threads released together; return what each returned."""
-    barrier, results, failures = threading.Barrier(2), [], []
-
-    def run() -> None:
-        try:
-            barrier.wait()
-            results.append(work())
-        except Exception as error:  # reported by the assertion below
-            failures.append(error)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert failures == []
-    return results
 
 
 @pytest.mark.parametrize("entry", ["check", "certificates"])

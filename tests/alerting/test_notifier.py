@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import threading
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from monitor import tasks
@@ -16,7 +15,7 @@ from monitor.alerting.channels.webhook import verify
 from monitor.daemon.recording import Outcome, record
 from monitor.models import Alert, Channel, DeliveryAttempt, Incident, Notification, Service, StatusChange
 from monitor.probes import Failure, Phases, Result, Status
-from tests.alerting.conftest import Reply
+from tests.alerting.conftest import Reply, at_once
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -259,24 +258,8 @@ def test_two_notifiers_at_once_deliver_each_notification_exactly_once(receiver):
         service = make_service(f"s{index:02}")
         probe(service, start, Status.DOWN)
         probe(service, start + STEP, Status.UP)
-    barrier, failures = threading.Barrier(2), []
-
-    def notify() -> None:
-        try:
-            barrier.wait()
-            notifier.run(now())
-        except Exception as error:  # reported by the assertion below
-            failures.append(error)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=notify) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    at_once(lambda: notifier.run(now()))
     notifier.run(now())  # a recovery deferred while the other thread made its down alert
-    assert failures == []
     sent = [(got.path, alert["alert_id"]) for got in server.received for alert in json.loads(got.body)["alerts"]]
     assert len(sent) == len(set(sent)) == 60  # 15 services, down and up, to two channels, each once
     assert Notification.objects.exclude(status="sent").count() == 0
