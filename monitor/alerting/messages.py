@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from monitor.alerting.channels import cut
-from monitor.alerting.payload import bounded, iso, payload
+from monitor.alerting.payload import bounded, held_by_problem, iso, payload
 from monitor.humanize import span
 from monitor.models import Alert, ProbeResult, ServiceState
 from monitor.models.alerting import RESOLVES
@@ -40,13 +40,14 @@ def message(alerts: list[Alert] | Alert, *, escalated_from: str = "") -> Message
     """Return the message for `alerts` sent together (see `render` and `render_group`)."""
     if isinstance(alerts, Alert):
         alerts = [alerts]
-    said = [facts(alert, escalated_from=escalated_from) for alert in alerts]
+    held = held_by_problem([alert.problem_id for alert in alerts if alert.problem_id])
+    said = [facts(alert, escalated_from=escalated_from, held=held) for alert in alerts]
     return render(said[0]) if len(said) == 1 else render_group(said)
 
 
-def facts(alert: Alert, *, escalated_from: str = "") -> dict[str, Any]:
+def facts(alert: Alert, *, escalated_from: str = "", held: dict[int, list[dict]] | None = None) -> dict[str, Any]:
     """Return `payload(alert)` plus `last_good` ({at, latency}, or None) and `certificate` (a dict, or None)."""
-    data = payload(alert, escalated_from=escalated_from)
+    data = payload(alert, escalated_from=escalated_from, held=held)
     if alert.service_id is None:
         return data | {"last_good": None, "certificate": None}
     good = (

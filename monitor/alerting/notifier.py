@@ -12,11 +12,11 @@ tests move time instead of waiting:
 
 Safe with any number of notifiers at once:
 
-1. **A change is claimed once.** `UPDATE ... SET processed = now WHERE id = %s AND processed IS NULL` must
-   change one row; the problem, its alert and its notifications are written in the same transaction, so a
-   notifier that dies leaves the change unclaimed rather than claimed and lost. Changes are taken oldest
-   first, and a change waits while an older one of its service is unclaimed, so a service's changes are
-   applied in order.
+1. **A change is claimed once.** `UPDATE ... SET processed = now WHERE ... AND processed IS NULL`; the
+   problem, its alert and its notifications are written in the same transaction, so a
+   notifier that dies leaves the change unclaimed rather than claimed and lost. A notifier first locks the
+   rows of the services it applies (SKIP LOCKED: others take other services), then claims and applies
+   all their changes oldest first, so a service's changes are applied in order by one notifier at a time.
 2. **No storm on restart.** A down change older than PORTWATCH_ALERT_MAX_AGE when first claimed gets its
    alert and notification rows, marked skipped with the reason. Resolutions are never held back.
 3. **Grouping.** A notification waits its channel's `group_window` after its alert; when the first of a
@@ -59,7 +59,8 @@ from monitor.secrets import DecryptionError
 
 logger = logging.getLogger(__name__)
 
-EVALUATE_BATCH = 500  # changes read at a time
+EVALUATE_BATCH = 2_000  # unprocessed changes looked at a time, for the services they name
+SERVICES_PER_CLAIM = 50  # services locked, and their changes applied, per transaction
 EVALUATE_LIMIT = 20_000  # changes applied per run at most
 EVALUATE_BUDGET = 30.0  # seconds of applying changes per run before leaving the rest to the next one
 DELIVER_BATCH = 200  # due notifications looked at per pass, for the channels they name
@@ -95,45 +96,54 @@ def _mark(now: dt.datetime) -> None:
 
 
 def evaluate(now: dt.datetime | None = None, *, limit: int = EVALUATE_LIMIT) -> int:
-    """Claim unprocessed status changes, oldest first, and apply them; return how many alerts were made.
+    """Claim unprocessed status changes, service by service, and apply them in order; return the alerts made.
 
-    Reads EVALUATE_BATCH at a time, up to `limit` changes or EVALUATE_BUDGET seconds; the rest wait for the
-    next run (or another notifier's).
+    Takes the services with the oldest unprocessed changes, SERVICES_PER_CLAIM at a time, locking their rows
+    with SKIP LOCKED: a service another notifier is applying is left to it, and this one takes the next, so
+    notifiers share a burst instead of queueing on the same rows. Holding a service's row, it claims all of
+    that service's unprocessed changes and applies them oldest first, in one transaction. Up to `limit`
+    changes or EVALUATE_BUDGET seconds; the rest wait for the next run (or another notifier).
     """
     now = now or timezone.now()
     started = time.monotonic()
-    made, seen = 0, 0
-    channels = problems.enabled_channels()
-    while seen < limit and time.monotonic() - started < EVALUATE_BUDGET:
-        batch = list(
-            StatusChange.objects.filter(processed=None)
-            .select_related("service")
-            .order_by("created", "id")[: min(EVALUATE_BATCH, limit - seen)]
-        )
-        if not batch:
-            break
-        seen += len(batch)
-        claimed = 0
-        waiting: set[int] = set()  # services with an older change left unclaimed in this pass
-        for change in batch:
-            if change.service_id in waiting or _older_unclaimed(change):
-                waiting.add(change.service_id)
-                continue
+    made = applied = 0
+    context = problems.Context.read(now)
+    while applied < limit and time.monotonic() - started < EVALUATE_BUDGET:
+        oldest = StatusChange.objects.filter(processed=None).order_by("created", "id")
+        waiting = list(dict.fromkeys(oldest.values_list("service_id", flat=True)[:EVALUATE_BATCH]))
+        progressed = False
+        for start in range(0, len(waiting), SERVICES_PER_CLAIM):
+            if time.monotonic() - started >= EVALUATE_BUDGET:
+                break
             with transaction.atomic():
-                if StatusChange.objects.filter(pk=change.pk, processed=None).update(processed=now) != 1:
-                    waiting.add(change.service_id)  # another notifier has it: leave its successors to it
-                    continue
-                Service.objects.select_for_update().filter(pk=change.service_id).first()  # one at a time per service
-                made += len(problems.apply(change, now, channels=channels))
-                claimed += 1
-        if not claimed:
-            break  # the rest wait on older changes another notifier holds: the next run
+                mine = _lock(waiting[start : start + SERVICES_PER_CLAIM])
+                if not mine:
+                    continue  # other notifiers are applying these: on to the next ones
+                changes = list(
+                    StatusChange.objects.filter(service_id__in=mine, processed=None)
+                    .select_related("service")
+                    .order_by("created", "id")
+                )
+                StatusChange.objects.filter(pk__in=[change.pk for change in changes], processed=None).update(
+                    processed=now
+                )
+                context.prepare(mine)
+                for change in changes:
+                    made += len(problems.apply(change, now, context=context))
+                applied += len(changes)
+                progressed = progressed or bool(changes)
+        if not progressed:
+            break
     return made
 
 
-def _older_unclaimed(change: StatusChange) -> bool:
-    older = Q(created__lt=change.created) | Q(created=change.created, id__lt=change.pk)
-    return StatusChange.objects.filter(older, service_id=change.service_id, processed=None).exists()
+def _lock(service_ids: list[int]) -> list[int]:
+    """Lock these services' rows for this transaction, skipping those another notifier holds; return the locked.
+
+    SQLite has one writer at a time and no row locks: every service is this notifier's.
+    """
+    locked = Service.objects.select_for_update(skip_locked=True).filter(pk__in=service_ids)
+    return list(locked.values_list("id", flat=True))
 
 
 # --- Deliver ----------------------------------------------------------------------------------------
@@ -203,7 +213,7 @@ def _deliver_group(channel_id: int, now: dt.datetime) -> list[str]:
         )
         return []
     delivery = _send(channel_id, claimed)
-    return [_settle(notification, delivery, now, token) for notification in claimed]
+    return _settle(claimed, delivery, now, token)
 
 
 def _send(channel_id: int, notifications: list[Notification]) -> Delivery:
@@ -254,30 +264,41 @@ def send_test(channel: Channel) -> Delivery:
     return apprise_channel.deliver(channel.apprise_urls, subject, text, timeout=channel.timeout)
 
 
-def _settle(notification: Notification, delivery: Delivery, now: dt.datetime, token: str) -> str:
-    """Record the attempt and mark the notification sent, pending a retry, or failed; return which."""
+def _settle(claimed: list[Notification], delivery: Delivery, now: dt.datetime, token: str) -> list[str]:
+    """Record the attempt for each notification of one message and mark each sent, pending a retry, or failed.
+
+    One transaction for the message: the attempts in one INSERT, the notifications in one UPDATE per outcome
+    (retries differ only by their due time, which follows from their attempts). Return each one's outcome.
+    """
+    outcomes: list[str] = []
+    updates: dict[tuple, list[int]] = {}
+    for notification in claimed:
+        outcome, fields = _outcome(notification, delivery, now)
+        outcomes.append(outcome)
+        updates.setdefault(tuple(sorted(fields.items())), []).append(notification.pk)
+    attempt = {"at": now, "ok": delivery.ok, "status": delivery.status, "error": delivery.error}
+    with transaction.atomic():
+        DeliveryAttempt.objects.bulk_create(
+            [DeliveryAttempt(notification=n, elapsed=delivery.elapsed, **attempt) for n in claimed]
+        )
+        for fields, pks in updates.items():
+            # Only while the claim is ours: past the lease, another notifier may have claimed and settled them.
+            Notification.objects.filter(pk__in=pks, status="sending", claim=token).update(
+                claimed_until=None, **dict(fields)
+            )
+    if not delivery.ok:
+        ids = ", ".join(str(notification.pk) for notification in claimed)
+        logger.warning("notifications %s (%s): %s", ids, "/".join(sorted(set(outcomes))), delivery.error)
+    return outcomes
+
+
+def _outcome(notification: Notification, delivery: Delivery, now: dt.datetime) -> tuple[str, dict]:
+    """Return how `delivery` settles `notification`: sent, retrying (when) or failed (why), and the fields to set."""
     retry_at = now + min(RETRY_BASE * 2 ** (notification.attempts - 1), RETRY_CAP)
     window_end = notification.alert.created + dt.timedelta(seconds=settings.PORTWATCH_ALERT_RETRY_WINDOW)
     if delivery.ok:
-        outcome, fields = "sent", {"status": "sent", "sent_at": now, "last_error": ""}
-    elif delivery.retryable and retry_at <= window_end:
-        outcome, fields = "retrying", {"status": "pending", "next_attempt_at": retry_at, "last_error": delivery.error}
-    else:
-        gave_up = " (retries stopped: PORTWATCH_ALERT_RETRY_WINDOW ended)" if delivery.retryable else ""
-        outcome, fields = "failed", {"status": "failed", "last_error": delivery.error + gave_up}
-    with transaction.atomic():
-        DeliveryAttempt.objects.create(
-            notification=notification,
-            at=now,
-            ok=delivery.ok,
-            status=delivery.status,
-            error=delivery.error,
-            elapsed=delivery.elapsed,
-        )
-        # Only while the claim is ours: past the lease, another notifier may have claimed and settled it.
-        Notification.objects.filter(pk=notification.pk, status="sending", claim=token).update(
-            claimed_until=None, **fields
-        )
-    if not delivery.ok:
-        logger.warning("notification %s (%s): %s", notification.pk, outcome, delivery.error)
-    return outcome
+        return "sent", {"status": "sent", "sent_at": now, "last_error": ""}
+    if delivery.retryable and retry_at <= window_end:
+        return "retrying", {"status": "pending", "next_attempt_at": retry_at, "last_error": delivery.error}
+    gave_up = " (retries stopped: PORTWATCH_ALERT_RETRY_WINDOW ended)" if delivery.retryable else ""
+    return "failed", {"status": "failed", "last_error": delivery.error + gave_up}

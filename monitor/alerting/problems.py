@@ -23,39 +23,85 @@ Every function runs inside the caller's transaction where it changes rows, and t
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Max, Q
+from django.db.models import Count, Max, Q
 
 from monitor.alerting import maintenance
-from monitor.alerting.payload import held_children
+from monitor.alerting.payload import held_by_problem
 from monitor.models import Alert, Channel, Notification, ProbeResult, Service, StatusChange
-from monitor.models.alerting import RESOLVES, UNSETTLED, Problem
+from monitor.models.alerting import RESOLVES, UNSETTLED, MaintenanceWindow, Problem
 
 DOWN = "down"
 OPENING = {value: value for value in RESOLVES.values()}  # a problem's opening alert has the problem's kind
 RESOLUTION = {opening: resolution for resolution, opening in RESOLVES.items()}  # "down" -> "up"
 FLAP_CHECKS = 21
+FLAP_LOOKBACK = dt.timedelta(days=1)  # 21 checks at intervals of up to an hour
 HELD_KINDS = ("down", "degraded", "flapping")  # monitor problems are never held: a dead monitor is never silent
 
 
 # --- Status changes: the down problem and its quorum ------------------------------------------------
 
 
-def apply(change: StatusChange, now: dt.datetime, *, channels: list[Channel] | None = None) -> list[Alert]:
+@dataclass
+class Context:
+    """What every change of one evaluation needs, read once for all of them (not once per change).
+
+    `maintained`: services in maintenance now; `dependent`: services that depend on another; `depended`:
+    services another depends on; `flapping`: services with an open flapping problem; `busy`: services with
+    enough recent changes that they may be flapping (the rest cannot be: see `flap_min_changes`).
+    """
+
+    now: dt.datetime
+    channels: list[Channel]
+    maintained: dict[int, tuple[MaintenanceWindow, dt.datetime]]
+    dependent: set[int]
+    depended: set[int]
+    flapping: set[int]
+    busy: set[int] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, now: dt.datetime) -> Context:
+        links = list(Service.depends_on.through.objects.values_list("from_service_id", "to_service_id"))
+        return cls(
+            now=now,
+            channels=enabled_channels(),
+            maintained=maintenance.in_maintenance(now),
+            dependent={child for child, _ in links},
+            depended={parent for _, parent in links},
+            flapping=set(Problem.objects.filter(kind="flapping", ended_at=None).values_list("service_id", flat=True)),
+        )
+
+    def prepare(self, service_ids: Iterable[int]) -> None:
+        """Find which of these services changed state often enough lately to be flapping."""
+        since = self.now - FLAP_LOOKBACK
+        counted = (
+            StatusChange.objects.filter(service_id__in=list(service_ids), created__gte=since)
+            .values("service_id")
+            .annotate(changes=Count("id"))
+            .filter(changes__gte=flap_min_changes())
+        )
+        self.busy |= {row["service_id"] for row in counted}
+
+
+def apply(change: StatusChange, now: dt.datetime, *, context: Context | None = None) -> list[Alert]:
     """Apply `change` (claimed by the caller, in its transaction) to its service's problems; return alerts made.
 
-    `channels`: the enabled channels (`enabled_channels()`), read once by a caller applying many changes.
+    `context`: what a caller applying many changes read once (`Context.read`, then `prepare` for their
+    services); without it, each question is asked of the database.
     """
     service = change.service
     made: list[Alert] = []
     if change.new_status == DOWN:
-        made += _location_down(service, change, now, channels)
+        made += _location_down(service, change, now, context)
     elif change.old_status == DOWN:
         made += _location_recovered(service, change, now)
-    made += _flapping(service, change, now)
+    if context is None or service.pk in context.busy:
+        made += _flapping(service, change, now, context)
     return made
 
 
@@ -68,9 +114,7 @@ def _open(kind: str, service: Service | None, key: str = "") -> Problem | None:
     )
 
 
-def _location_down(
-    service: Service, change: StatusChange, now: dt.datetime, channels: list[Channel] | None
-) -> list[Alert]:
+def _location_down(service: Service, change: StatusChange, now: dt.datetime, context: Context | None) -> list[Alert]:
     problem = _open(DOWN, service)
     if problem is None:
         problem = Problem.objects.create(
@@ -83,7 +127,7 @@ def _location_down(
     if problem.started_at is None and len(counted) >= service.quorum:
         problem.started_at = change.created
         problem.save()
-        return _start(problem, now, location=change.location, change=change, channels=channels)
+        return _start(problem, now, location=change.location, change=change, context=context)
     problem.save()
     return []
 
@@ -177,35 +221,42 @@ def _start(
     location: str = "",
     change: StatusChange | None = None,
     detail: dict | None = None,
-    channels: list[Channel] | None = None,
+    context: Context | None = None,
 ) -> list[Alert]:
     """Tell the problem that just started, or hold it; return the alerts made."""
-    hold, parent = holds(problem, now)
+    hold, parent = holds(problem, now, context)
     if hold:
         problem.held, problem.parent = hold, parent
         problem.save(update_fields=["held", "parent"])
         return []
-    return [_tell(problem, now, location=location, change=change, detail=detail, channels=channels)]
+    return [_tell(problem, now, location=location, change=change, detail=detail, context=context)]
 
 
-def holds(problem: Problem, now: dt.datetime) -> tuple[str, Problem | None]:
+def holds(problem: Problem, now: dt.datetime, context: Context | None = None) -> tuple[str, Problem | None]:
     """Return why `problem` must not be told now ("" when nothing holds it) and the parent problem holding it."""
     service = problem.service
     if service is None or problem.kind not in HELD_KINDS:
         return "", None
-    window = maintenance.covering(service, now)
+    window = context.maintained.get(service.pk) if context else maintenance.covering(service, now)
     if window is not None:
         name, end = window[0].name, window[1]
         return f"held: {service.name} is in maintenance {name!r} until {end:%Y-%m-%d %H:%M} UTC", None
-    parent = (
-        Problem.objects.filter(kind=DOWN, ended_at=None, started_at__isnull=False, service__dependents=service)
-        .select_related("service")
-        .order_by("started_at")
-        .first()
-    )
+    parent = None
+    if context is None or service.pk in context.dependent:
+        parent = (
+            Problem.objects.filter(kind=DOWN, ended_at=None, started_at__isnull=False, service__dependents=service)
+            .select_related("service")
+            .order_by("started_at")
+            .first()
+        )
     if parent is not None:
         return f"held: {service.name} depends on {parent.service.name}, which is down", parent
-    if problem.kind == DOWN and Problem.objects.filter(kind="flapping", service=service, ended_at=None).exists():
+    flapping = (
+        service.pk in context.flapping
+        if context
+        else Problem.objects.filter(kind="flapping", service=service, ended_at=None).exists()
+    )
+    if problem.kind == DOWN and flapping:
         return f"held: {service.name} is flapping", None
     down = Problem.objects.filter(kind=DOWN, service=service, ended_at=None, started_at__isnull=False)
     if problem.kind == "degraded" and down.exists():
@@ -221,13 +272,15 @@ def _tell(
     change: StatusChange | None = None,
     detail: dict | None = None,
     released: str = "",
-    channels: list[Channel] | None = None,
+    context: Context | None = None,
 ) -> Alert:
     """Make the problem's opening alert and send it to the channels on duty; mark the problem told."""
     stale = _staleness(change, now) if change is not None else ""
     facts = {**(detail or {}), "locations": problem.locations}
     if released:
         facts["released"] = released
+    channels = context.channels if context else None
+    to = channels_for(problem.service, now, channels) if problem.service else monitor_channels(now)
     alert = _alert(
         OPENING[problem.kind],
         problem.service,
@@ -239,14 +292,14 @@ def _tell(
         failure=problem.failure,
         reason=problem.reason,
         detail=facts,
+        notified=bool(to) and not stale,
     )
-    to = channels_for(problem.service, now, channels) if problem.service else monitor_channels(now)
-    told = fan_out(alert, to, now, skipped=stale)
+    told = fan_out(alert, to, now, skipped=stale, event=change.created if change is not None else None)
     problem.held, problem.parent = "", None
     if told:
         problem.told = now
     problem.save(update_fields=["held", "parent", "told"])
-    if problem.kind == DOWN and told:
+    if problem.kind == DOWN and told and (context is None or problem.service_id in context.depended):
         _hold_waiting_children(problem, now)
     return alert
 
@@ -278,7 +331,7 @@ def _end(
     first = opening.first()
     facts = {**(detail or {}), "locations": problem.locations}
     if problem.kind == DOWN:  # who was held behind it, as of now: the release tells them right after
-        facts["held"] = [{"id": child.service_id, "name": child.service.name} for child in held_children(problem)]
+        facts["held"] = held_by_problem([problem.pk]).get(problem.pk, [])
     alert = _alert(
         RESOLUTION[problem.kind],
         problem.service,
@@ -291,6 +344,7 @@ def _end(
         failure=first.failure if first else problem.failure,
         reason=first.reason if first else problem.reason,
         detail=facts,
+        notified=any(notification.channel.enabled for notification in seen.values()),
     )
     rows = [
         _notification(
@@ -299,12 +353,11 @@ def _end(
             now,
             follows=notification,
             skipped="" if notification.channel.enabled else "not sent: the channel is disabled",
+            event=at,
         )
         for notification in seen.values()
     ]
     Notification.objects.bulk_create(rows)
-    alert.notified = any(not row.last_error for row in rows)
-    alert.save(update_fields=["notified"])
     return [alert]
 
 
@@ -465,9 +518,20 @@ def flap_share(statuses: Iterable[str]) -> float:
     return 100.0 * changed / steps
 
 
-def _flapping(service: Service, change: StatusChange, now: dt.datetime) -> list[Alert]:
+def flap_min_changes() -> int:
+    """Return the fewest status changes with which a share above PORTWATCH_ALERT_FLAP_HIGH is possible.
+
+    Each changed step weighs at most 1.2 of 20: a service with fewer changes in FLAP_LOOKBACK is not
+    flapping, and its results are not read to find out.
+    """
+    return math.floor(settings.PORTWATCH_ALERT_FLAP_HIGH * (FLAP_CHECKS - 1) / 100 / 1.2) + 1
+
+
+def _flapping(service: Service, change: StatusChange, now: dt.datetime, context: Context | None) -> list[Alert]:
     share = _share(service, change.location)
     if share > settings.PORTWATCH_ALERT_FLAP_HIGH:
+        if context is not None:
+            context.flapping.add(service.pk)
         return open_problem(
             "flapping",
             service=service,
@@ -538,14 +602,22 @@ def _status(kind: str) -> str:
 
 
 def fan_out(
-    alert: Alert, channels: Iterable[Channel], now: dt.datetime, *, skipped: str = "", grouped: bool = True
+    alert: Alert,
+    channels: Iterable[Channel],
+    now: dt.datetime,
+    *,
+    skipped: str = "",
+    grouped: bool = True,
+    event: dt.datetime | None = None,
 ) -> bool:
     """Make one notification per channel; return True when at least one is to be sent (not skipped)."""
-    rows = [_notification(alert, channel, now, skipped=skipped, grouped=grouped) for channel in channels]
+    rows = [_notification(alert, channel, now, skipped=skipped, grouped=grouped, event=event) for channel in channels]
     Notification.objects.bulk_create(rows)
-    alert.notified = bool(rows) and not skipped
-    alert.save(update_fields=["notified"])
-    return alert.notified
+    notified = bool(rows) and not skipped
+    if alert.notified != notified:
+        alert.notified = notified
+        alert.save(update_fields=["notified"])
+    return notified
 
 
 def _notification(
@@ -556,14 +628,17 @@ def _notification(
     skipped: str = "",
     follows: Notification | None = None,
     grouped: bool = True,
+    event: dt.datetime | None = None,
 ) -> Notification:
+    """Return an unsaved notification, due when the channel's grouping window after `event` (the status change
+    that made the alert; else `now`) ends: the window groups what happened together, whenever it was noticed."""
     wait = dt.timedelta(seconds=channel.group_window if grouped else 0)
     return Notification(
         alert=alert,
         channel_id=channel.pk,
         status="skipped" if skipped else "pending",
         last_error=skipped,
-        next_attempt_at=now + wait,
+        next_attempt_at=max(now, (event or now) + wait),
         follows=follows,
     )
 
