@@ -128,8 +128,7 @@ def evaluate(now: dt.datetime | None = None, *, limit: int = EVALUATE_LIMIT) -> 
                     processed=now
                 )
                 context.prepare(mine)
-                for change in changes:
-                    made += len(problems.apply(change, now, context=context))
+                made += problems.apply_all(changes, now, context)
                 applied += len(changes)
                 progressed = progressed or bool(changes)
         if not progressed:
