@@ -44,7 +44,12 @@ def _requiring(permission: str):
 
 @_requiring("monitor.view_channel")
 def channels(request: HttpRequest) -> HttpResponse:
-    found = list(Channel.objects.prefetch_related("services").select_related("escalate_to"))
+    # Secrets are read only where shown, masked (a key that changed makes them unreadable, not the page).
+    found = list(
+        Channel.objects.prefetch_related("services")
+        .select_related("escalate_to")
+        .defer("url", "secret", "escalate_to__url", "escalate_to__secret")
+    )
     health = channel_health(timezone.now())
     rows = [(channel, health.get(channel.pk, NEVER_TRIED)) for channel in found]
     return render(request, "dashboard/channels.html", {"rows": rows, "nav": "channels"})
@@ -52,7 +57,8 @@ def channels(request: HttpRequest) -> HttpResponse:
 
 @_requiring("monitor.view_channel")
 def channel(request: HttpRequest, channel_id: int) -> HttpResponse:
-    return render(request, "dashboard/channel.html", _page(get_object_or_404(Channel, pk=channel_id)))
+    found = get_object_or_404(Channel.objects.defer("url", "secret"), pk=channel_id)
+    return render(request, "dashboard/channel.html", _page(found))
 
 
 @_requiring("monitor.change_channel")
@@ -120,7 +126,7 @@ def _form_page(request: HttpRequest, form: ChannelForm, saved: Channel | None) -
 @_requiring("monitor.delete_channel")
 def delete(request: HttpRequest, channel_id: int) -> HttpResponse:
     """GET: ask, saying what goes with the channel. POST: delete it and its notification history."""
-    found = get_object_or_404(Channel, pk=channel_id)
+    found = get_object_or_404(Channel.objects.defer("url", "secret"), pk=channel_id)
     if request.method == "POST":
         name = found.name
         found.delete()

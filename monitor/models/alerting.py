@@ -13,12 +13,13 @@ from django.db import models
 
 from monitor.models.history import STATE_CHOICES, Incident, StatusChange
 from monitor.models.service import Service, TagsField
-from monitor.secrets import EncryptedTextField, masked
+from monitor.secrets import DecryptionError, EncryptedTextField, masked
 
 # One module per kind in monitor/alerting/channels/. What `url` holds, by kind: webhook, the URL to POST to;
 # email, the recipients' addresses, comma-separated; apprise, one or more apprise URLs, space-separated
 # (an apprise URL may itself hold commas: `mailto://...?to=a@x,b@x`).
 CHANNEL_KINDS = [("webhook", "Webhook"), ("email", "Email"), ("apprise", "Apprise")]
+UNREADABLE = "(cannot be read: was PORTWATCH_SECRETS_KEY changed? enter it again)"
 MAX_CHANNEL_TIMEOUT = 60.0  # seconds; a delivery holds its notification's lease that long at most
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 MAX_GROUP_WINDOW = 600.0  # seconds; a grouped alert waits at most this long for company
@@ -143,7 +144,19 @@ class Channel(models.Model):
 
     @property
     def masked_url(self) -> str:
-        return masked(self.url or "")
+        """Return the URL as it may be shown (`masked`), or say it cannot be read (the secrets key changed)."""
+        try:
+            return masked(self.url or "")
+        except DecryptionError:
+            return UNREADABLE
+
+    @property
+    def signed(self) -> bool | None:
+        """Return whether deliveries are signed; None when the secret cannot be read."""
+        try:
+            return bool(self.secret)
+        except DecryptionError:
+            return None
 
     @property
     def email_recipients(self) -> list[str]:

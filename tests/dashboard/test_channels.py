@@ -7,7 +7,9 @@ import json
 
 import pytest
 from django.core.cache import cache
+from django.db.models.expressions import RawSQL
 from django.test import Client
+from django.urls import reverse
 
 from dashboard.access import MANUAL_PROBES_PER_WINDOW
 from monitor.models import Alert, Channel, DeliveryAttempt, Notification
@@ -231,3 +233,13 @@ def test_an_admin_user_is_a_real_role_not_a_superuser():
     assert not user.is_superuser
     assert user.has_perm("monitor.change_channel") and user.has_perm("monitor.delete_channel")
     assert client_for(user).get("/channels/new").status_code == 200
+
+
+def test_a_channel_whose_secrets_cannot_be_read_still_shows_on_the_list_and_its_page(viewer):
+    channel = webhook(secret="whsec-0123456789abcdef")
+    # As after PORTWATCH_SECRETS_KEY changed: the stored tokens no longer decrypt.
+    Channel.objects.filter(pk=channel.pk).update(url=RawSQL("'gAAAAAnot-a-token'", []))
+    Channel.objects.filter(pk=channel.pk).update(secret=RawSQL("'gAAAAAnot-a-token'", []))
+    for page in (viewer.get(reverse("channels")), viewer.get(reverse("channel", args=[channel.pk]))):
+        assert page.status_code == 200
+        assert "cannot be read" in page.content.decode()
