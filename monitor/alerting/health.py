@@ -91,7 +91,10 @@ def channel_health(now: dt.datetime) -> dict[int, Health]:
 
 
 def _failures_since_last_ok(latest: dict[int, dict]) -> dict[int, int]:
-    """Return {channel id: failed attempts after its last delivered one}, in one query for every channel."""
+    """Return {channel id: failed delivery attempts after its last delivered one}, in one query for every channel.
+
+    Attempts are counted by moment: a grouped message is one attempt, however many notifications it carried.
+    """
     never_ok = [channel_id for channel_id, row in latest.items() if row["last_ok_at"] is None]
     conditions = [Q(notification__channel_id__in=never_ok)] if never_ok else []
     conditions += [
@@ -104,6 +107,6 @@ def _failures_since_last_ok(latest: dict[int, dict]) -> dict[int, int]:
     rows = (
         DeliveryAttempt.objects.filter(reduce(or_, conditions), ok=False)
         .values("notification__channel_id")
-        .annotate(n=Count("id"))
+        .annotate(n=Count("at", distinct=True))  # one message of a group records one attempt per notification
     )
     return {row["notification__channel_id"]: row["n"] for row in rows}

@@ -84,3 +84,10 @@ def test_each_channel_is_judged_on_its_own_attempts(hook):
     health = channel_health(NOW)
     assert health[hook.pk].broken and not health[other.pk].broken
     assert health[other.pk].consecutive_failures == 0
+
+
+def test_one_failed_message_carrying_many_notifications_is_one_attempt(hook):
+    for _ in range(5):  # five alerts sent together in one message that failed once
+        notification(hook, "pending", NOW - dt.timedelta(minutes=1), False)
+    health = channel_health(NOW)[hook.pk]
+    assert (health.broken, health.consecutive_failures, health.pending) == (False, 1, 5)
