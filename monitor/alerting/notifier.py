@@ -6,7 +6,7 @@ tests move time instead of waiting:
 
 1. `evaluate(now)`: claim each new StatusChange once and apply it to its service's problem
    (`monitor.alerting.problems`: quorum across locations, holds, the opening and resolving alerts).
-2. `problems.release(now)`, `problems.follow_up(now)` (reminders, escalation), `problems.settle_flapping(now)`
+2. `followups.release(now)`, `followups.follow_up(now)` (reminders, escalation), `flapping.settle(now)`
    and the detectors in `monitor.alerting.conditions` (certificates, latency, the monitor's own health).
 3. `deliver_due(now)`: send what is due, one message per channel for everything waiting there.
 
@@ -47,7 +47,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 from django.utils.html import escape
 
-from monitor.alerting import conditions, problems
+from monitor.alerting import bulk, conditions, flapping, followups, problems
 from monitor.alerting.channels import Delivery, webhook
 from monitor.alerting.channels import apprise as apprise_channel
 from monitor.alerting.channels import email as email_channel
@@ -79,9 +79,9 @@ def run(now: dt.datetime | None = None) -> dict[str, int]:
     now = now or timezone.now()
     _mark(now)
     alerts = evaluate(now)
-    alerts += len(problems.release(now))
-    alerts += len(problems.follow_up(now))
-    alerts += len(problems.settle_flapping(now))
+    alerts += len(followups.release(now))
+    alerts += len(followups.follow_up(now))
+    alerts += len(flapping.settle(now))
     alerts += conditions.check(now)
     return {"alerts": alerts, **deliver_due(now)}
 
@@ -128,7 +128,7 @@ def evaluate(now: dt.datetime | None = None, *, limit: int = EVALUATE_LIMIT) -> 
                     processed=now
                 )
                 context.prepare(mine)
-                made += problems.apply_all(changes, now, context)
+                made += bulk.apply_all(changes, now, context)
                 applied += len(changes)
                 progressed = progressed or bool(changes)
         if not progressed:

@@ -1,4 +1,4 @@
-"""From recorded facts to alerts: problems open, are held or told, are reminded, escalated and resolved.
+"""From recorded facts to alerts: problems open, are held or told, and are resolved.
 
 A `Problem` is one thing wrong as people are told it: a service down across its locations, slow, flapping,
 or the monitor itself unwell. Its opening alert goes to the matching channels on duty; its resolution goes
@@ -7,15 +7,14 @@ to every channel its opening alert (or an escalation of it) went to, and is neve
 - **Quorum.** `apply(change)` keeps the set of locations where the service is down (from the daemon's
   per-location status changes, in order). The down problem starts when `service.quorum` of them see it
   down, and ends when fewer do. Before that it is "forming" and tells nobody.
-- **Holds.** A problem that starts while its service is in maintenance, while a service it depends on is
-  down, or while it is flapping is held: no alert, `held` says why. `release(now)`, every run, tells held
-  problems that are still open once nothing holds them ("still down after the maintenance ended"). A held
-  problem that ends is never told, so neither is its end. When a parent's down alert is made, its
-  dependents' down alerts still waiting in their grouping window are held too and listed with it.
-- **Reminders and escalation** (`follow_up(now)`) stop when the problem is acknowledged.
-- **Flapping** is Icinga's measure over a location's last 21 checks: the share of state changes, weighted
-  from 0.8 for the oldest to 1.2 for the newest, starts above PORTWATCH_ALERT_FLAP_HIGH percent and
-  ends below PORTWATCH_ALERT_FLAP_LOW. While flapping, the service's new down alerts are held.
+- **Holds** (`holds`). A problem that starts while its service is in maintenance, while a service it depends
+  on is down, or while it is flapping is held: no alert, `held` says why; `followups.release` tells it once
+  nothing holds it. A held problem that ends is never told, so neither is its end. When a parent's down
+  alert is made, its dependents' down alerts still waiting in their grouping window are held too and
+  listed with it.
+- Beside this module: `bulk.py` applies the common change in bulk, `followups.py` releases held problems
+  and sends reminders and escalations, `flapping.py` measures flapping, and `conditions.py` and
+  `certificates.py` open and resolve the problems status changes do not carry.
 
 Every function runs inside the caller's transaction where it changes rows, and takes `now`.
 """
@@ -23,24 +22,21 @@ Every function runs inside the caller's transaction where it changes rows, and t
 from __future__ import annotations
 
 import datetime as dt
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Max, Q
+from django.db.models import Count
 
-from monitor.alerting import maintenance
+from monitor.alerting import flapping, maintenance
 from monitor.alerting.payload import held_by_problem
-from monitor.models import Alert, Channel, Notification, ProbeResult, Service, StatusChange
+from monitor.models import Alert, Channel, Notification, Service, StatusChange
 from monitor.models.alerting import RESOLVES, UNSETTLED, MaintenanceWindow, Problem
 
 DOWN = "down"
 OPENING = {value: value for value in RESOLVES.values()}  # a problem's opening alert has the problem's kind
 RESOLUTION = {opening: resolution for resolution, opening in RESOLVES.items()}  # "down" -> "up"
-FLAP_CHECKS = 21
-FLAP_LOOKBACK = dt.timedelta(days=1)  # 21 checks at intervals of up to an hour
 HELD_KINDS = ("down", "degraded", "flapping")  # monitor problems are never held: a dead monitor is never silent
 
 
@@ -53,7 +49,7 @@ class Context:
 
     `maintained`: services in maintenance now; `dependent`: services that depend on another; `depended`:
     services another depends on; `flapping`: services with an open flapping problem; `busy`: services with
-    enough recent changes that they may be flapping (the rest cannot be: see `flap_min_changes`).
+    enough recent changes that they may be flapping (the rest cannot be: see `flapping.min_changes`).
     """
 
     now: dt.datetime
@@ -78,12 +74,12 @@ class Context:
 
     def prepare(self, service_ids: Iterable[int]) -> None:
         """Find which of these services changed state often enough lately to be flapping."""
-        since = self.now - FLAP_LOOKBACK
+        since = self.now - flapping.LOOKBACK
         counted = (
             StatusChange.objects.filter(service_id__in=list(service_ids), created__gte=since)
             .values("service_id")
             .annotate(changes=Count("id"))
-            .filter(changes__gte=flap_min_changes())
+            .filter(changes__gte=flapping.min_changes())
         )
         self.busy |= {row["service_id"] for row in counted}
 
@@ -101,158 +97,8 @@ def apply(change: StatusChange, now: dt.datetime, *, context: Context | None = N
     elif change.old_status == DOWN:
         made += _location_recovered(service, change, now, context)
     if context is None or service.pk in context.busy:
-        made += _flapping(service, change, now, context)
+        made += flapping.check(service, change, now, context)
     return made
-
-
-def apply_all(changes: list[StatusChange], now: dt.datetime, context: Context) -> int:
-    """Apply claimed changes (oldest first, their services locked by the caller); return how many alerts were made.
-
-    The common case goes in bulk, a few queries for many services at once: a service with one change in the
-    batch, probed from one location, in no maintenance window, no dependency and not changing often. A
-    change to down opens, starts and tells its problem; a recovery ends its told problem and tells everyone
-    the outage went to. Everything else goes through `apply`, change by change, with the same outcome.
-    """
-    by_service: dict[int, list[StatusChange]] = {}
-    for change in changes:
-        by_service.setdefault(change.service_id, []).append(change)
-    simple = [found[0] for found in by_service.values() if len(found) == 1 and _simple(found[0], context)]
-    done, made = _in_bulk(simple, now, context)
-    for change in changes:
-        if change.pk not in done:
-            made += len(apply(change, now, context=context))
-    return made
-
-
-def _simple(change: StatusChange, context: Context) -> bool:
-    service = change.service
-    quiet = {service.pk}.isdisjoint(context.busy | context.dependent | context.depended | context.flapping)
-    single = service.location_list == [change.location]
-    moving = change.new_status == DOWN or change.old_status == DOWN
-    return quiet and single and moving and service.pk not in context.maintained
-
-
-def _in_bulk(changes: list[StatusChange], now: dt.datetime, context: Context) -> tuple[set[int], int]:
-    """Apply simple changes in bulk; return the ids of those applied and how many alerts were made."""
-    if not changes:
-        return set(), 0
-    service_ids = [change.service_id for change in changes]
-    open_by_service = {
-        problem.service_id: problem
-        for problem in Problem.objects.select_for_update().filter(kind=DOWN, service_id__in=service_ids, ended_at=None)
-    }
-    downs = [change for change in changes if change.new_status == DOWN and change.service_id not in open_by_service]
-    ups = [
-        change
-        for change in changes
-        if change.new_status != DOWN
-        and change.service_id in open_by_service
-        and open_by_service[change.service_id].started_at is not None
-    ]
-    made = _bulk_downs(downs, now, context) + _bulk_ups(ups, open_by_service, now)
-    unopened = {
-        change.pk for change in changes if change.new_status != DOWN and change.service_id not in open_by_service
-    }
-    return {change.pk for change in downs + ups} | unopened, made  # a recovery with no problem changes nothing
-
-
-def _bulk_downs(changes: list[StatusChange], now: dt.datetime, context: Context) -> int:
-    planned = []
-    for change in changes:
-        stale = _staleness(change, now)
-        to = channels_for(change.service, now, context.channels)
-        told = bool(to) and not stale
-        problem = Problem(
-            kind=DOWN,
-            service=change.service,
-            opened_at=change.created,
-            started_at=change.created,
-            locations=[change.location],
-            failure=change.failure,
-            reason=change.reason,
-            told=now if told else None,
-        )
-        planned.append((change, problem, to, stale, told))
-    Problem.objects.bulk_create([problem for _, problem, _, _, _ in planned])
-    alerts = [
-        Alert(
-            service=change.service,
-            kind=DOWN,
-            status=DOWN,
-            created=now,
-            since=change.created,
-            location=change.location,
-            change=change,
-            problem=problem,
-            failure=problem.failure,
-            reason=problem.reason,
-            detail={"locations": problem.locations},
-            notified=told,
-        )
-        for change, problem, _, _, told in planned
-    ]
-    Alert.objects.bulk_create(alerts)
-    Notification.objects.bulk_create(
-        [
-            _notification(alert, channel, now, skipped=stale, event=change.created)
-            for alert, (change, _, to, stale, _) in zip(alerts, planned, strict=True)
-            for channel in to
-        ]
-    )
-    return len(alerts)
-
-
-def _bulk_ups(changes: list[StatusChange], open_by_service: dict[int, Problem], now: dt.datetime) -> int:
-    ending = [open_by_service[change.service_id] for change in changes]
-    for change, problem in zip(changes, ending, strict=True):
-        problem.ended_at = change.created
-    Problem.objects.bulk_update(ending, ["ended_at"])
-    told = [problem.pk for problem in ending if problem.told is not None]
-    openings: dict[int, dict[int, Notification]] = {}
-    for notification in (
-        Notification.objects.filter(alert__problem__in=told, alert__kind=DOWN, status__in=[*UNSETTLED, "sent"])
-        .select_related("channel", "alert")
-        .defer("channel__url", "channel__secret")
-        .order_by("alert__created", "alert_id", "id")
-    ):
-        openings.setdefault(notification.alert.problem_id, {}).setdefault(notification.channel_id, notification)
-    planned = []
-    for change, problem in zip(changes, ending, strict=True):
-        if problem.told is None:
-            continue  # held or untold all along: nobody hears of its end
-        seen = openings.get(problem.pk, {})
-        first = next(iter(seen.values())).alert if seen else None
-        alert = Alert(
-            service=change.service,
-            kind="up",
-            status=change.new_status,
-            created=now,
-            since=change.created,
-            location=change.location,
-            change=change,
-            problem=problem,
-            failure=first.failure if first else problem.failure,
-            reason=first.reason if first else problem.reason,
-            detail={"locations": problem.locations},
-            notified=any(notification.channel.enabled for notification in seen.values()),
-        )
-        planned.append((change, alert, seen))
-    Alert.objects.bulk_create([alert for _, alert, _ in planned])
-    Notification.objects.bulk_create(
-        [
-            _notification(
-                alert,
-                notification.channel,
-                now,
-                follows=notification,
-                skipped="" if notification.channel.enabled else "not sent: the channel is disabled",
-                event=change.created,
-            )
-            for change, alert, seen in planned
-            for notification in seen.values()
-        ]
-    )
-    return len(planned)
 
 
 def _open(kind: str, service: Service | None, key: str = "") -> Problem | None:
@@ -293,7 +139,7 @@ def _location_recovered(
         problem.save()
         return []
     problem.locations = sorted({*problem.locations, change.location})  # where it was seen, for the record
-    return _end(problem, change.created, now, location=change.location, change=change, context=context)
+    return end(problem, change.created, now, location=change.location, change=change, context=context)
 
 
 # --- Other kinds: opened and resolved by their detectors ---------------------------------------------
@@ -345,14 +191,14 @@ def resolve_problem(
     problem = _open(kind, service, key)
     if problem is None:
         return []
-    return _end(problem, at, now, location=location, detail=detail)
+    return end(problem, at, now, location=location, detail=detail)
 
 
 def announce(
     kind: str, *, service: Service, now: dt.datetime, reason: str, location: str = "", detail: dict | None = None
 ) -> Alert:
     """Make a one-off alert (a certificate warning) to the service's channels on duty; nothing resolves it."""
-    alert = _alert(kind, service, now, since=now, location=location, reason=reason, detail=detail or {})
+    alert = make_alert(kind, service, now, since=now, location=location, reason=reason, detail=detail or {})
     fan_out(alert, channels_for(service, now), now)
     return alert
 
@@ -375,7 +221,7 @@ def _start(
         problem.held, problem.parent = hold, parent
         problem.save(update_fields=["held", "parent"])
         return []
-    return [_tell(problem, now, location=location, change=change, detail=detail, context=context)]
+    return [tell(problem, now, location=location, change=change, detail=detail, context=context)]
 
 
 def holds(problem: Problem, now: dt.datetime, context: Context | None = None) -> tuple[str, Problem | None]:
@@ -410,7 +256,7 @@ def holds(problem: Problem, now: dt.datetime, context: Context | None = None) ->
     return "", None
 
 
-def _tell(
+def tell(
     problem: Problem,
     now: dt.datetime,
     *,
@@ -421,13 +267,13 @@ def _tell(
     context: Context | None = None,
 ) -> Alert:
     """Make the problem's opening alert and send it to the channels on duty; mark the problem told."""
-    stale = _staleness(change, now) if change is not None else ""
+    stale = staleness(change, now) if change is not None else ""
     facts = {**(detail or {}), "locations": problem.locations}
     if released:
         facts["released"] = released
     channels = context.channels if context else None
     to = channels_for(problem.service, now, channels) if problem.service else monitor_channels(now)
-    alert = _alert(
+    alert = make_alert(
         OPENING[problem.kind],
         problem.service,
         now,
@@ -450,7 +296,7 @@ def _tell(
     return alert
 
 
-def _end(
+def end(
     problem: Problem,
     at: dt.datetime,
     now: dt.datetime,
@@ -481,7 +327,7 @@ def _end(
     if problem.kind == DOWN and (context is None or problem.service_id in context.depended):
         # Who was held behind it, as of now: the release tells them right after.
         facts["held"] = held_by_problem([problem.pk]).get(problem.pk, [])
-    alert = _alert(
+    alert = make_alert(
         RESOLUTION[problem.kind],
         problem.service,
         now,
@@ -496,7 +342,7 @@ def _end(
         notified=any(notification.channel.enabled for notification in seen.values()),
     )
     rows = [
-        _notification(
+        notification_row(
             alert,
             notification.channel,
             now,
@@ -528,200 +374,6 @@ def _hold_waiting_children(parent: Problem, now: dt.datetime) -> None:
         child.save(update_fields=["told", "parent", "held"])
 
 
-# --- Every run: release what is no longer held; reminders; escalation ----------------------------------
-
-
-def release(now: dt.datetime) -> list[Alert]:
-    """Tell held problems still open once nothing holds them; return the alerts made."""
-    made: list[Alert] = []
-    held = list(
-        Problem.objects.filter(ended_at=None, told=None, started_at__isnull=False)
-        .exclude(held="")
-        .values_list("id", "service_id", "parent__ended_at", "parent_id")
-    )
-    # Cheap first: in bulk, who is still in maintenance, and whose parent is still down. Only the rest are
-    # looked at one by one (at 10,000 services in a window, a run costs two queries, not 10,000).
-    maintained = maintenance.in_maintenance(now, among={service_id for _, service_id, _, _ in held}) if held else {}
-    for pk, service_id, parent_ended, parent_id in held:
-        if service_id in maintained or (parent_id is not None and parent_ended is None):
-            continue
-        with transaction.atomic():
-            problem = (
-                Problem.objects.select_for_update(of=("self",))
-                .select_related("service")
-                .filter(pk=pk, ended_at=None)
-                .first()
-            )
-            if problem is None or problem.told is not None or not problem.held:
-                continue
-            hold, parent = holds(problem, now)
-            if hold:
-                if (hold, parent) != (problem.held, problem.parent):
-                    problem.held, problem.parent = hold, parent
-                    problem.save(update_fields=["held", "parent"])
-                continue
-            reason = problem.held.removeprefix("held: ")
-            made.append(_tell(problem, now, released=f"held until now ({reason}); still {problem.kind}"))
-    return made
-
-
-def follow_up(now: dt.datetime) -> list[Alert]:
-    """Send reminders and escalate, for told, unacknowledged, open down problems; return the alerts made."""
-    made: list[Alert] = []
-    open_told = Problem.objects.filter(kind=DOWN, ended_at=None, told__isnull=False, acknowledged_at=None)
-    # Only problems something is set up to follow up: at 10,000 services down, the rest cost nothing.
-    told_to = Q(alerts__notifications__channel__reminder_minutes__isnull=False) | Q(
-        alerts__notifications__channel__escalate_to__isnull=False
-    )
-    followed = open_told.filter(Q(service__reminder_minutes__isnull=False) | told_to).distinct()
-    for pk in followed.values_list("id", flat=True):
-        with transaction.atomic():
-            problem = (
-                Problem.objects.select_for_update(of=("self",))
-                .select_related("service")
-                .filter(pk=pk, ended_at=None)
-                .first()
-            )
-            if problem is None or problem.acknowledged_at is not None:
-                continue
-            made += _remind(problem, now)
-            _escalate(problem, now)
-    return made
-
-
-def _remind(problem: Problem, now: dt.datetime) -> list[Alert]:
-    sent = (
-        Notification.objects.filter(alert__problem=problem, alert__kind__in=["down", "reminder"], status="sent")
-        .values("channel_id")
-        .annotate(last=Max("sent_at"))
-    )
-    last_by_channel = {row["channel_id"]: row["last"] for row in sent}
-    if not last_by_channel:
-        return []
-    channels = Channel.objects.filter(pk__in=last_by_channel, enabled=True).only("id", "reminder_minutes")
-    due = []
-    for channel in channels:
-        minutes = problem.service.reminder_minutes or channel.reminder_minutes
-        if minutes and now - last_by_channel[channel.pk] >= dt.timedelta(minutes=minutes):
-            due.append(channel)
-    if not due:
-        return []
-    down = problem.alerts.filter(kind=DOWN).order_by("created").first()
-    alert = _alert(
-        "reminder",
-        problem.service,
-        now,
-        since=problem.started_at,
-        problem=problem,
-        failure=problem.failure,
-        reason=problem.reason,
-        detail={"locations": problem.locations, "down_alert": down.pk if down else None},
-    )
-    fan_out(alert, due, now, grouped=False)
-    return [alert]
-
-
-def _escalate(problem: Problem, now: dt.datetime) -> None:
-    """Tell each chain's next channel when the outage sat unacknowledged too long where it was sent."""
-    for down in problem.alerts.filter(kind=DOWN):
-        told = list(down.notifications.select_related("channel__escalate_to").defer("channel__url", "channel__secret"))
-        have = {notification.channel_id for notification in told}
-        for notification in told:
-            step = notification.channel.escalate_to
-            if step is None or step.pk in have or not step.enabled or notification.status == "skipped":
-                continue
-            waited_from = notification.sent_at or down.created
-            if now - waited_from < dt.timedelta(minutes=notification.channel.escalate_after_minutes):
-                continue
-            try:
-                with transaction.atomic():
-                    Notification.objects.create(
-                        alert=down,
-                        channel=step,
-                        status="pending",
-                        next_attempt_at=now,
-                        escalated_from=notification.channel.name,
-                    )
-            except IntegrityError:
-                continue
-            have.add(step.pk)
-
-
-# --- Flapping ---------------------------------------------------------------------------------------
-
-
-def flap_share(statuses: Iterable[str]) -> float:
-    """Return Icinga's flapping percentage for statuses, oldest first.
-
-    The last 21 checks make 20 steps; a step that changed state counts its weight, from 0.8 for the oldest
-    step to 1.2 for the newest, and the sum over 20 is the share. Fewer checks count the missing steps as
-    unchanged, so a new service does not start out flapping.
-    """
-    values = ["down" if status == "down" else "up" for status in statuses][-FLAP_CHECKS:]
-    steps = FLAP_CHECKS - 1
-    offset = steps - (len(values) - 1)  # the newest step always weighs 1.2
-    changed = 0.0
-    for index in range(1, len(values)):
-        if values[index] != values[index - 1]:
-            changed += 0.8 + 0.4 * (offset + index - 1) / (steps - 1)
-    return 100.0 * changed / steps
-
-
-def flap_min_changes() -> int:
-    """Return the fewest status changes with which a share above PORTWATCH_ALERT_FLAP_HIGH is possible.
-
-    Each changed step weighs at most 1.2 of 20: a service with fewer changes in FLAP_LOOKBACK is not
-    flapping, and its results are not read to find out.
-    """
-    return math.floor(settings.PORTWATCH_ALERT_FLAP_HIGH * (FLAP_CHECKS - 1) / 100 / 1.2) + 1
-
-
-def _flapping(service: Service, change: StatusChange, now: dt.datetime, context: Context | None) -> list[Alert]:
-    share = _share(service, change.location)
-    if share > settings.PORTWATCH_ALERT_FLAP_HIGH:
-        if context is not None:
-            context.flapping.add(service.pk)
-        return open_problem(
-            "flapping",
-            service=service,
-            at=change.created,
-            now=now,
-            location=change.location,
-            reason=f"{share:.0f}% of the last {FLAP_CHECKS} checks changed state",
-            detail={"share": round(share, 1)},
-        )
-    return []
-
-
-def _share(service: Service, location: str) -> float:
-    statuses = list(
-        ProbeResult.objects.filter(service=service, location=location)
-        .exclude(status="unknown")
-        .order_by("-scheduled_at")
-        .values_list("status", flat=True)[:FLAP_CHECKS]
-    )
-    return flap_share(reversed(statuses))
-
-
-def settle_flapping(now: dt.datetime) -> list[Alert]:
-    """End flapping problems whose locations all fell below PORTWATCH_ALERT_FLAP_LOW ("stable again")."""
-    made: list[Alert] = []
-    for pk in Problem.objects.filter(kind="flapping", ended_at=None).values_list("id", flat=True):
-        with transaction.atomic():
-            problem = (
-                Problem.objects.select_for_update(of=("self",))
-                .select_related("service")
-                .filter(pk=pk, ended_at=None)
-                .first()
-            )
-            if problem is None:
-                continue
-            shares = [_share(problem.service, location) for location in problem.service.location_list]
-            if max(shares, default=0.0) < settings.PORTWATCH_ALERT_FLAP_LOW:
-                made += _end(problem, now, now, detail={"share": round(max(shares, default=0.0), 1)})
-    return made
-
-
 # --- Alerts and their notifications -----------------------------------------------------------------
 
 
@@ -742,7 +394,7 @@ def monitor_channels(now: dt.datetime) -> list[Channel]:
     return [channel for channel in channels if channel.on_duty(now)]
 
 
-def _alert(kind: str, service: Service | None, now: dt.datetime, *, status: str = "", **fields) -> Alert:
+def make_alert(kind: str, service: Service | None, now: dt.datetime, *, status: str = "", **fields) -> Alert:
     return Alert.objects.create(service=service, kind=kind, status=status or _status(kind), created=now, **fields)
 
 
@@ -760,7 +412,9 @@ def fan_out(
     event: dt.datetime | None = None,
 ) -> bool:
     """Make one notification per channel; return True when at least one is to be sent (not skipped)."""
-    rows = [_notification(alert, channel, now, skipped=skipped, grouped=grouped, event=event) for channel in channels]
+    rows = [
+        notification_row(alert, channel, now, skipped=skipped, grouped=grouped, event=event) for channel in channels
+    ]
     Notification.objects.bulk_create(rows)
     notified = bool(rows) and not skipped
     if alert.notified != notified:
@@ -769,7 +423,7 @@ def fan_out(
     return notified
 
 
-def _notification(
+def notification_row(
     alert: Alert,
     channel: Channel,
     now: dt.datetime,
@@ -792,7 +446,7 @@ def _notification(
     )
 
 
-def _staleness(change: StatusChange, now: dt.datetime) -> str:
+def staleness(change: StatusChange, now: dt.datetime) -> str:
     """Return why the change is too old to be told, or "" when it is fresh."""
     age, limit = now - change.created, dt.timedelta(seconds=settings.PORTWATCH_ALERT_MAX_AGE)
     if age <= limit:

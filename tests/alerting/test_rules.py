@@ -10,7 +10,7 @@ import json
 import pytest
 from django.test import Client
 
-from monitor.alerting import acknowledgement, notifier, problems
+from monitor.alerting import acknowledgement, flapping, notifier
 from monitor.daemon.recording import Outcome, record
 from monitor.models import Alert, Channel, MaintenanceWindow, Notification, Problem, Service
 from monitor.probes import Failure, Phases, Result, Status
@@ -240,10 +240,10 @@ def test_a_flapping_service_gets_one_flapping_notice_its_alerts_held_then_one_st
 
 
 def test_the_flapping_share_is_icingas_weighted_measure():
-    assert problems.flap_share(["up"] * 21) == 0
-    assert problems.flap_share(["up", "down"] * 10 + ["up"]) == pytest.approx(100.0)
-    one_new = problems.flap_share(["up"] * 20 + ["down"])
-    one_old = problems.flap_share(["down"] + ["up"] * 20)
+    assert flapping.flap_share(["up"] * 21) == 0
+    assert flapping.flap_share(["up", "down"] * 10 + ["up"]) == pytest.approx(100.0)
+    one_new = flapping.flap_share(["up"] * 20 + ["down"])
+    one_old = flapping.flap_share(["down"] + ["up"] * 20)
     assert one_new == pytest.approx(6.0) and one_old == pytest.approx(4.0)
 
 

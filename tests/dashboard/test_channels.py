@@ -196,9 +196,14 @@ def failing(channel: Channel, count: int = 3) -> None:
     service = make_service("mail")
     alert = Alert.objects.create(service=service, kind="down", status="down", created=now, since=now)
     made = Notification.objects.create(alert=alert, channel=channel, status="pending", next_attempt_at=now)
-    for _ in range(count):
+    for retry in range(count):  # retries, a minute apart
         DeliveryAttempt.objects.create(
-            notification=made, at=now, ok=False, status=502, error="<b>bad gateway</b>", elapsed=0.2
+            notification=made,
+            at=now - dt.timedelta(minutes=count - retry),
+            ok=False,
+            status=502,
+            error="<b>bad gateway</b>",
+            elapsed=0.2,
         )
 
 
