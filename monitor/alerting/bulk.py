@@ -13,7 +13,7 @@ import datetime as dt
 
 from monitor.alerting import problems
 from monitor.models import Alert, Notification, StatusChange
-from monitor.models.alerting import UNSETTLED, Problem
+from monitor.models.alerting import Problem
 
 DOWN = problems.DOWN
 
@@ -46,36 +46,38 @@ def _simple(change: StatusChange, context: problems.Context) -> bool:
 
 
 def _in_bulk(changes: list[StatusChange], now: dt.datetime, context: problems.Context) -> tuple[set[int], int]:
-    """Apply simple changes in bulk; return the ids of those applied and how many alerts were made."""
+    """Apply simple changes in bulk; return the ids of those applied and how many alerts were made.
+
+    Left to `problems.apply`: a change to down while a problem is open, a recovery of a problem not started.
+    """
     if not changes:
         return set(), 0
-    service_ids = [change.service_id for change in changes]
     open_by_service = {
         problem.service_id: problem
-        for problem in Problem.objects.select_for_update().filter(kind=DOWN, service_id__in=service_ids, ended_at=None)
+        for problem in Problem.objects.select_for_update().filter(
+            kind=DOWN, service_id__in=[change.service_id for change in changes], ended_at=None
+        )
     }
-    downs = [change for change in changes if change.new_status == DOWN and change.service_id not in open_by_service]
-    ups = [
-        change
-        for change in changes
-        if change.new_status != DOWN
-        and change.service_id in open_by_service
-        and open_by_service[change.service_id].started_at is not None
-    ]
-    made = _bulk_downs(downs, now, context) + _bulk_ups(ups, open_by_service, now)
-    unopened = {
-        change.pk for change in changes if change.new_status != DOWN and change.service_id not in open_by_service
-    }
-    return {change.pk for change in downs + ups} | unopened, made  # a recovery with no problem changes nothing
+    downs, ups, done = [], [], set()
+    for change in changes:
+        problem = open_by_service.get(change.service_id)
+        if change.new_status == DOWN:
+            if problem is not None:
+                continue
+            downs.append(change)
+        elif problem is not None:
+            if problem.started_at is None:
+                continue
+            ups.append((change, problem))
+        # else: a recovery with no problem changes nothing
+        done.add(change.pk)
+    return done, _bulk_downs(downs, now, context) + _bulk_ups(ups, now)
 
 
 def _bulk_downs(changes: list[StatusChange], now: dt.datetime, context: problems.Context) -> int:
-    planned = []
-    for change in changes:
-        stale = problems.staleness(change, now)
-        to = problems.channels_for(change.service, now, context.channels)
-        told = bool(to) and not stale
-        problem = Problem(
+    """Open, start and tell a problem for each change to down: three INSERTs for them all."""
+    opened = [
+        Problem(
             kind=DOWN,
             service=change.service,
             opened_at=change.created,
@@ -83,86 +85,40 @@ def _bulk_downs(changes: list[StatusChange], now: dt.datetime, context: problems
             locations=[change.location],
             failure=change.failure,
             reason=change.reason,
-            told=now if told else None,
         )
-        planned.append((change, problem, to, stale, told))
-    Problem.objects.bulk_create([problem for _, problem, _, _, _ in planned])
-    alerts = [
-        Alert(
-            service=change.service,
-            kind=DOWN,
-            status=DOWN,
-            created=now,
-            since=change.created,
-            location=change.location,
-            change=change,
-            problem=problem,
-            failure=problem.failure,
-            reason=problem.reason,
-            detail={"locations": problem.locations},
-            notified=told,
-        )
-        for change, problem, _, _, told in planned
+        for change in changes
     ]
-    Alert.objects.bulk_create(alerts)
-    Notification.objects.bulk_create(
-        [
-            problems.notification_row(alert, channel, now, skipped=stale, event=change.created)
-            for alert, (change, _, to, stale, _) in zip(alerts, planned, strict=True)
-            for channel in to
-        ]
-    )
-    return len(alerts)
-
-
-def _bulk_ups(changes: list[StatusChange], open_by_service: dict[int, Problem], now: dt.datetime) -> int:
-    ending = [open_by_service[change.service_id] for change in changes]
-    for change, problem in zip(changes, ending, strict=True):
-        problem.ended_at = change.created
-    Problem.objects.bulk_update(ending, ["ended_at"])
-    told = [problem.pk for problem in ending if problem.told is not None]
-    openings: dict[int, dict[int, Notification]] = {}
-    for notification in (
-        Notification.objects.filter(alert__problem__in=told, alert__kind=DOWN, status__in=[*UNSETTLED, "sent"])
-        .select_related("channel", "alert")
-        .defer("channel__url", "channel__secret")
-        .order_by("alert__created", "alert_id", "id")
-    ):
-        openings.setdefault(notification.alert.problem_id, {}).setdefault(notification.channel_id, notification)
-    planned = []
-    for change, problem in zip(changes, ending, strict=True):
-        if problem.told is None:
-            continue  # held or untold all along: nobody hears of its end
-        seen = openings.get(problem.pk, {})
-        first = next(iter(seen.values())).alert if seen else None
-        alert = Alert(
-            service=change.service,
-            kind="up",
-            status=change.new_status,
-            created=now,
-            since=change.created,
+    made = [
+        problems.opening(
+            problem,
+            now,
+            problems.channels_for(change.service, now, context.channels),
             location=change.location,
             change=change,
-            problem=problem,
-            failure=first.failure if first else problem.failure,
-            reason=first.reason if first else problem.reason,
-            detail={"locations": problem.locations},
-            notified=any(notification.channel.enabled for notification in seen.values()),
         )
-        planned.append((change, alert, seen))
-    Alert.objects.bulk_create([alert for _, alert, _ in planned])
-    Notification.objects.bulk_create(
-        [
-            problems.notification_row(
-                alert,
-                notification.channel,
-                now,
-                follows=notification,
-                skipped="" if notification.channel.enabled else "not sent: the channel is disabled",
-                event=change.created,
-            )
-            for change, alert, seen in planned
-            for notification in seen.values()
-        ]
-    )
-    return len(planned)
+        for change, problem in zip(changes, opened, strict=True)
+    ]
+    for problem, (alert, _) in zip(opened, made, strict=True):
+        problem.told = now if alert.notified else None
+    Problem.objects.bulk_create(opened)
+    Alert.objects.bulk_create([alert for alert, _ in made])
+    Notification.objects.bulk_create([row for _, rows in made for row in rows])
+    return len(made)
+
+
+def _bulk_ups(ending: list[tuple[StatusChange, Problem]], now: dt.datetime) -> int:
+    """End each recovered problem, and send the told ones' resolutions: four queries for them all."""
+    for change, problem in ending:
+        problem.ended_at = change.created
+    Problem.objects.bulk_update([problem for _, problem in ending], ["ended_at"])
+    told = problems.told_channels([problem for _, problem in ending if problem.told is not None])
+    made = [
+        problems.resolution(
+            problem, change.created, now, told.get(problem.pk, {}), location=change.location, change=change
+        )
+        for change, problem in ending
+        if problem.told is not None  # held or untold all along: nobody hears of its end
+    ]
+    Alert.objects.bulk_create([alert for alert, _ in made])
+    Notification.objects.bulk_create([row for _, rows in made for row in rows])
+    return len(made)

@@ -43,6 +43,8 @@ NEVER_TRIED = Health(None, None, 0, 0, 0, False, "")
 def channel_health(now: dt.datetime) -> dict[int, Health]:
     """Return the health of every channel, by id; a channel never tried is healthy."""
     ids = list(Channel.objects.values_list("id", flat=True))  # ids only: no secret is decrypted
+    if not ids:
+        return {}  # no channel: nothing to read from the delivery history (the overview asks on every load)
     by_channel = "notification__channel_id"
     latest = {
         row[by_channel]: row

@@ -102,6 +102,15 @@ def render_group(said: list[dict[str, Any]]) -> Message:
     return Message(subject=f"{len(said)} alerts: {summary}", text=text, html=_page(sections))
 
 
+SUBJECTS = {
+    "down": "DOWN",
+    "up": "RECOVERED",
+    "reminder": "STILL DOWN",
+    "degraded": "DEGRADED",
+    "normal": "NORMAL",
+    "flapping": "FLAPPING",
+    "stable": "STABLE",
+}
 WORDS = {
     "down": "down",
     "up": "recovered",
@@ -139,24 +148,11 @@ def subject(data: dict[str, Any]) -> str:
         return f"{'MONITOR OK' if kind == 'monitor_ok' else 'MONITOR'}: {bounded(data['failure']['reason'] or '')}"
     target = f"{service['protocol']} {service['host']}:{service['port']}"
     said = f"{service['name']} ({target}) from {_where(data)}"
-    lasted = data.get("duration_seconds")
-    after = f" after {span(lasted)}" if lasted is not None else ""
-    detail = data.get("detail") or {}
-    if kind == "up":
-        return f"RECOVERED: {said}{after}"
-    if kind == "reminder":
-        return f"STILL DOWN: {said}"
-    if kind == "degraded":
-        return f"DEGRADED: {said}"
-    if kind == "normal":
-        return f"NORMAL: {said}{after}"
-    if kind == "flapping":
-        return f"FLAPPING: {said}"
-    if kind == "stable":
-        return f"STABLE: {said}{after}"
     if kind == "certificate":
-        return f"CERTIFICATE EXPIRES in {detail.get('days_left', '?')} days: {said}"
-    return f"DOWN: {said}"
+        return f"CERTIFICATE EXPIRES in {(data.get('detail') or {}).get('days_left', '?')} days: {said}"
+    lasted = data.get("duration_seconds")
+    after = f" after {span(lasted)}" if kind in RESOLUTIONS and lasted is not None else ""
+    return f"{SUBJECTS.get(kind, 'DOWN')}: {said}{after}"
 
 
 def _where(data: dict[str, Any]) -> str:

@@ -255,8 +255,8 @@ def send_test(channel: Channel) -> Delivery:
     text = f"This is a test from Portwatch's channel {channel.name!r}. If you read this, alerts reach you here."
     subject = f"Portwatch test: {channel.name}"
     if channel.kind == "webhook":
-        body = {"schema": webhook.SCHEMA_VERSION, "test": True, "channel": channel.name, "text": text}
-        return webhook.deliver(channel.url, body, secret=channel.secret or None, timeout=channel.timeout)
+        test = {"schema": webhook.SCHEMA_VERSION, "test": True, "channel": channel.name, "text": text}
+        return webhook.deliver(channel.url, test, secret=channel.secret or None, timeout=channel.timeout)
     if channel.kind == "email":
         html = f"<p>{escape(text)}</p>"
         return email_channel.deliver(channel.email_recipients, subject, text, html, timeout=channel.timeout)

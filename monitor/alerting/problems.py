@@ -35,7 +35,6 @@ from monitor.models import Alert, Channel, Notification, Service, StatusChange
 from monitor.models.alerting import RESOLVES, UNSETTLED, MaintenanceWindow, Problem
 
 DOWN = "down"
-OPENING = {value: value for value in RESOLVES.values()}  # a problem's opening alert has the problem's kind
 RESOLUTION = {opening: resolution for resolution, opening in RESOLVES.items()}  # "down" -> "up"
 HELD_KINDS = ("down", "degraded", "flapping")  # monitor problems are never held: a dead monitor is never silent
 
@@ -113,8 +112,7 @@ def _location_down(service: Service, change: StatusChange, now: dt.datetime, con
     if change.location not in problem.locations:
         problem.locations = sorted({*problem.locations, change.location})
     problem.failure, problem.reason = change.failure, change.reason  # the latest location's words
-    counted = [location for location in problem.locations if location in service.location_list]
-    if problem.started_at is None and len(counted) >= service.quorum:
+    if problem.started_at is None and _seen_down(problem, service) >= service.quorum:
         problem.started_at = change.created
         problem.save()
         return _start(problem, now, location=change.location, change=change, context=context)
@@ -129,17 +127,21 @@ def _location_recovered(
     if problem is None:
         return []
     problem.locations = [location for location in problem.locations if location != change.location]
-    counted = [location for location in problem.locations if location in service.location_list]
     if problem.started_at is None:
-        if not counted:  # never reached its quorum: it ends as it came, telling nobody
+        if not _seen_down(problem, service):  # never reached its quorum: it ends as it came, telling nobody
             problem.ended_at = change.created
         problem.save()
         return []
-    if len(counted) >= service.quorum:
+    if _seen_down(problem, service) >= service.quorum:
         problem.save()
         return []
     problem.locations = sorted({*problem.locations, change.location})  # where it was seen, for the record
     return end(problem, change.created, now, location=change.location, change=change, context=context)
+
+
+def _seen_down(problem: Problem, service: Service) -> int:
+    """Return how many of the locations the service is probed from see it down (a location dropped since counts not)."""
+    return sum(location in service.location_list for location in problem.locations)
 
 
 # --- Other kinds: opened and resolved by their detectors ---------------------------------------------
@@ -267,33 +269,51 @@ def tell(
     context: Context | None = None,
 ) -> Alert:
     """Make the problem's opening alert and send it to the channels on duty; mark the problem told."""
-    stale = staleness(change, now) if change is not None else ""
-    facts = {**(detail or {}), "locations": problem.locations}
-    if released:
-        facts["released"] = released
+    facts = {**(detail or {}), "released": released} if released else detail
     channels = context.channels if context else None
     to = channels_for(problem.service, now, channels) if problem.service else monitor_channels(now)
-    alert = make_alert(
-        OPENING[problem.kind],
-        problem.service,
-        now,
+    alert, rows = opening(problem, now, to, location=location, change=change, detail=facts)
+    alert.save()
+    Notification.objects.bulk_create(rows)
+    problem.held, problem.parent = "", None
+    if alert.notified:
+        problem.told = now
+    problem.save(update_fields=["held", "parent", "told"])
+    if problem.kind == DOWN and alert.notified and (context is None or problem.service_id in context.depended):
+        _hold_waiting_children(problem, now)
+    return alert
+
+
+def opening(
+    problem: Problem,
+    now: dt.datetime,
+    to: list[Channel],
+    *,
+    location: str = "",
+    change: StatusChange | None = None,
+    detail: dict | None = None,
+) -> tuple[Alert, list[Notification]]:
+    """Return the problem's opening alert and its notifications to `to`, unsaved (save the alert first).
+
+    A change older than PORTWATCH_ALERT_MAX_AGE gets its notifications marked skipped, saying why.
+    """
+    stale = staleness(change, now) if change is not None else ""
+    alert = Alert(
+        service=problem.service,
+        kind=problem.kind,  # an opening alert has its problem's kind
+        status=_status(problem.kind),
+        created=now,
         since=problem.started_at or now,
         location=location,
         change=change,
         problem=problem,
         failure=problem.failure,
         reason=problem.reason,
-        detail=facts,
+        detail={**(detail or {}), "locations": problem.locations},
         notified=bool(to) and not stale,
     )
-    told = fan_out(alert, to, now, skipped=stale, event=change.created if change is not None else None)
-    problem.held, problem.parent = "", None
-    if told:
-        problem.told = now
-    problem.save(update_fields=["held", "parent", "told"])
-    if problem.kind == DOWN and told and (context is None or problem.service_id in context.depended):
-        _hold_waiting_children(problem, now)
-    return alert
+    event = change.created if change is not None else None
+    return alert, [notification_row(alert, channel, now, skipped=stale, event=event) for channel in to]
 
 
 def end(
@@ -311,35 +331,68 @@ def end(
     problem.save(update_fields=["ended_at", "locations"])
     if problem.told is None:
         return []  # held or forming all along: nobody heard of it, nobody hears of its end
-    told = list(
-        Notification.objects.filter(
-            alert__problem=problem, alert__kind=OPENING[problem.kind], status__in=[*UNSETTLED, "sent"]
-        )
-        .select_related("channel", "alert")
-        .defer("channel__url", "channel__secret")
-        .order_by("alert__created", "alert_id", "id")
-    )
-    seen: dict[int, Notification] = {}
-    for notification in told:
-        seen.setdefault(notification.channel_id, notification)
-    first = told[0].alert if told else None
-    facts = {**(detail or {}), "locations": problem.locations}
+    facts = dict(detail or {})
     if problem.kind == DOWN and (context is None or problem.service_id in context.depended):
         # Who was held behind it, as of now: the release tells them right after.
         facts["held"] = held_by_problem([problem.pk]).get(problem.pk, [])
-    alert = make_alert(
-        RESOLUTION[problem.kind],
-        problem.service,
-        now,
+    told = told_channels([problem]).get(problem.pk, {})
+    alert, rows = resolution(problem, at, now, told, location=location, change=change, detail=facts)
+    alert.save()
+    Notification.objects.bulk_create(rows)
+    return [alert]
+
+
+def told_channels(opened: list[Problem]) -> dict[int, dict[int, Notification]]:
+    """Return, for each problem, its opening alert's first notification to each channel, to be or already sent.
+
+    Their channels (secrets not read) and alerts are loaded: `resolution` reads both.
+    """
+    found: dict[int, dict[int, Notification]] = {}
+    for kind in {problem.kind for problem in opened}:
+        notifications = (
+            Notification.objects.filter(
+                alert__problem__in=[problem.pk for problem in opened if problem.kind == kind],
+                alert__kind=kind,
+                status__in=[*UNSETTLED, "sent"],
+            )
+            .select_related("channel", "alert")
+            .defer("channel__url", "channel__secret")
+            .order_by("alert__created", "alert_id", "id")
+        )
+        for notification in notifications:
+            found.setdefault(notification.alert.problem_id, {}).setdefault(notification.channel_id, notification)
+    return found
+
+
+def resolution(
+    problem: Problem,
+    at: dt.datetime,
+    now: dt.datetime,
+    told: dict[int, Notification],
+    *,
+    location: str = "",
+    change: StatusChange | None = None,
+    detail: dict | None = None,
+) -> tuple[Alert, list[Notification]]:
+    """Return the ended problem's resolution and its notifications, unsaved (save the alert first).
+
+    `told`: the problem's entry of `told_channels`. Each notification follows the opening one to its channel,
+    so the resolution never overtakes the outage; a channel disabled since gets a skipped row saying so.
+    """
+    first = next(iter(told.values())).alert if told else None
+    alert = Alert(
+        service=problem.service,
+        kind=RESOLUTION[problem.kind],
+        status=change.new_status if change is not None else _status(RESOLUTION[problem.kind]),
+        created=now,
         since=at,
         location=location,
         change=change,
-        status=change.new_status if change is not None else "",
         problem=problem,
         failure=first.failure if first else problem.failure,
         reason=first.reason if first else problem.reason,
-        detail=facts,
-        notified=any(notification.channel.enabled for notification in seen.values()),
+        detail={**(detail or {}), "locations": problem.locations},
+        notified=any(notification.channel.enabled for notification in told.values()),
     )
     rows = [
         notification_row(
@@ -350,10 +403,9 @@ def end(
             skipped="" if notification.channel.enabled else "not sent: the channel is disabled",
             event=at,
         )
-        for notification in seen.values()
+        for notification in told.values()
     ]
-    Notification.objects.bulk_create(rows)
-    return [alert]
+    return alert, rows
 
 
 def _hold_waiting_children(parent: Problem, now: dt.datetime) -> None:
