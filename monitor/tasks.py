@@ -20,6 +20,7 @@ from monitor.alerting import notifier
 from monitor.celery import app
 from monitor.daemon import prober, recording, retention, rollups, runner, scheduling, snapshots, sweeper, workers
 from monitor.models import Watermark
+from monitor.models.schedule import DISPATCHED
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,6 @@ def dispatch() -> int:
     return len(sent)
 
 
-# A Watermark: when dispatch last ran, for /metrics' portwatch_dispatcher_last_run_timestamp_seconds.
-DISPATCHED = "dispatched_at"
 # Written at most this often by each process: the alert on a stalled dispatcher waits 60 s, and on
 # SQLite every write takes the one write lock the probes' recorder needs too.
 DISPATCHED_EVERY = dt.timedelta(seconds=10)
@@ -63,8 +62,7 @@ def _ran(now: dt.datetime) -> None:
     global _noted_at
     if _noted_at is not None and now - _noted_at < DISPATCHED_EVERY:
         return
-    if not Watermark.objects.filter(name=DISPATCHED).update(moment=now):
-        Watermark.objects.get_or_create(name=DISPATCHED, defaults={"moment": now})
+    Watermark.note(DISPATCHED, now)
     _noted_at = now
 
 

@@ -54,6 +54,7 @@ from monitor.models import (
     Watermark,
     WorkerHeartbeat,
 )
+from monitor.models.schedule import DISPATCHED
 from monitor.probes import Failure
 from monitor.stats import MISSED_REASONS
 
@@ -64,8 +65,6 @@ EVERY = {
 }
 MISSED_EVERY = dt.timedelta(seconds=60)  # the share scans ten minutes of results: ~100,000 rows at 10,000 services
 MISSED_WINDOW = dt.timedelta(minutes=10)
-# monitor.tasks.DISPATCHED; not imported: monitor.tasks imports the notifier, which imports this module.
-DISPATCHED = "dispatched_at"
 DISPATCH_STALLED_AFTER = dt.timedelta(seconds=60)  # dispatch runs every second and notes it every 10 s at most
 LOOKBACK_CHECKS = 5  # intervals beyond degraded_checks in which its measured results must fall
 MEASURED = ("up", "warning")

@@ -88,8 +88,7 @@ def run(now: dt.datetime | None = None) -> dict[str, int]:
 
 def _mark(now: dt.datetime) -> None:
     """Note that a notifier ran (for /metrics and the PortwatchNotifierStalled rule: a dead notifier is not silent)."""
-    if not Watermark.objects.filter(name=WATERMARK, moment__lt=now).update(moment=now):
-        Watermark.objects.get_or_create(name=WATERMARK, defaults={"moment": now})
+    Watermark.note(WATERMARK, now, forward_only=True)
 
 
 # --- Evaluate ---------------------------------------------------------------------------------------

@@ -59,11 +59,11 @@ from monitor.metrics.exposition import (
 )
 from monitor.models import Schedule, Service, ServiceState, StateExposition, Watermark, WorkerHeartbeat
 from monitor.models.history import PHASES
+from monitor.models.schedule import DISPATCHED
 from monitor.models.service import DEFAULT_LOCATION
 from monitor.probes import standard_port
 from monitor.readers import WINDOWS, recent_uptimes, snapshot_uptimes
 from monitor.stats import MISSED_REASONS, OUTCOMES
-from monitor.tasks import DISPATCHED
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from django.db import models
 
 from monitor.models.service import Service
@@ -55,6 +57,10 @@ class WorkerHeartbeat(models.Model):
         return f"{self.name} at {self.location}, seen {self.last_seen:%H:%M:%S}"
 
 
+# A Watermark: when dispatch last ran (written by monitor.tasks; read by /metrics and the monitor-health alerts).
+DISPATCHED = "dispatched_at"
+
+
 class Watermark(models.Model):
     """A named moment the daemon has done something up to, e.g. the sweeper's `swept_until`."""
 
@@ -63,3 +69,10 @@ class Watermark(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} = {self.moment}"
+
+    @classmethod
+    def note(cls, name: str, moment: dt.datetime, *, forward_only: bool = False) -> None:
+        """Set watermark `name` to `moment`, making it the first time; `forward_only` never moves it back."""
+        rows = cls.objects.filter(name=name)
+        if not (rows.filter(moment__lt=moment) if forward_only else rows).update(moment=moment):
+            cls.objects.get_or_create(name=name, defaults={"moment": moment})
