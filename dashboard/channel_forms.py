@@ -20,7 +20,6 @@ CHANNEL_FIELDSETS: list[tuple[str, tuple[str, ...]]] = [
     ("When", ("group_window", "reminder_minutes", "escalate_to", "escalate_after_minutes")),
     ("On duty", ("schedule_days", "schedule_from", "schedule_until", "schedule_timezone")),
 ]
-WEBHOOK_SCHEMES = ("http://", "https://")
 TIME = forms.TimeInput(attrs={"type": "time"}, format="%H:%M")
 
 
@@ -44,13 +43,6 @@ class ChannelForm(AdminChannelForm):
         self.fields["services"].queryset = Service.objects.only("id", "name").order_by("name")
         self.fields["url"].widget.attrs.update(autocomplete="off", spellcheck="false")
         self.fields["secret"].widget.attrs.update(autocomplete="new-password")
-
-    def clean(self) -> dict:
-        data = super().clean()
-        url = data.get("url", "")
-        if data.get("kind") == "webhook" and url and not url.lower().startswith(WEBHOOK_SCHEMES):
-            self.add_error("url", "A webhook URL starts with http:// or https://.")  # never echoes the URL
-        return data
 
     def fieldsets(self) -> list[tuple[str, list[forms.BoundField]]]:
         """Return (legend, bound fields) pairs for the template."""

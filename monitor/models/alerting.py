@@ -21,6 +21,7 @@ from monitor.secrets import DecryptionError, EncryptedTextField, masked
 CHANNEL_KINDS = [("webhook", "Webhook"), ("email", "Email"), ("apprise", "Apprise")]
 UNREADABLE = "(cannot be read: was PORTWATCH_SECRETS_KEY changed? enter it again)"
 MAX_CHANNEL_TIMEOUT = 60.0  # seconds; a delivery holds its notification's lease that long at most
+WEBHOOK_SCHEMES = ("http://", "https://")
 WEEKDAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 MAX_GROUP_WINDOW = 600.0  # seconds; a grouped alert waits at most this long for company
 
@@ -169,11 +170,14 @@ class Channel(models.Model):
         return (self.url or "").split()
 
     def clean(self) -> None:
-        """Check `url` for the kind: email addresses valid, apprise URLs parsed by apprise; never echo a token.
+        """Check `url` for the kind: a webhook's http(s), email addresses valid, apprise URLs parsed by apprise;
+        never echo a token.
         Also the schedule (days, time zone) and the escalation chain (no loops)."""
         super().clean()
         self._clean_schedule()
         self._clean_escalation()
+        if self.kind == "webhook" and self.url and not self.url.lower().startswith(WEBHOOK_SCHEMES):
+            raise ValidationError({"url": "A webhook URL starts with http:// or https://."})  # never echoes the URL
         if self.kind == "email":
             self._clean_recipients()
         elif self.kind == "apprise":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.exceptions import ValidationError
 
 from monitor.models import Channel
 
@@ -56,3 +57,11 @@ def test_an_email_channel_takes_comma_separated_addresses(admin_client):
     )
     assert response.status_code == 302
     assert Channel.objects.get().email_recipients == ["ops@example.com", "oncall@example.com"]
+
+
+def test_the_model_refuses_a_webhook_url_that_is_not_http_without_echoing_it():
+    channel = Channel(name="hook", kind="webhook", url="ftp://user:T0KEN@files.example.com/hook")
+    with pytest.raises(ValidationError) as refused:
+        channel.full_clean()
+    assert refused.value.message_dict["url"] == ["A webhook URL starts with http:// or https://."]
+    assert "T0KEN" not in str(refused.value)
