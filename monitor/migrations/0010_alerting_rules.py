@@ -379,10 +379,17 @@ class Migration(migrations.Migration):
         migrations.AddConstraint(
             model_name="problem",
             constraint=models.UniqueConstraint(
-                condition=models.Q(("ended_at", None)),
+                condition=models.Q(("ended_at", None), ("service__isnull", False)),
                 fields=("kind", "service", "key"),
                 name="problem_open_once",
-                nulls_distinct=False,
+            ),
+        ),
+        migrations.AddConstraint(
+            model_name="problem",
+            constraint=models.UniqueConstraint(
+                condition=models.Q(("ended_at", None), ("service__isnull", True)),
+                fields=("kind", "key"),
+                name="monitor_problem_open_once",
             ),
         ),
         migrations.RunPython(problems_for_open_outages, migrations.RunPython.noop),

@@ -275,13 +275,19 @@ class Problem(models.Model):
     acknowledgement = models.CharField(max_length=500, blank=True)  # the note, required
 
     class Meta:
+        # One open problem per kind and service (and key); the monitor's own, without a service, per kind and key.
+        # Two partial constraints, not NULLS NOT DISTINCT: SQLite, the embedded default, has no such constraint.
         constraints = [
             models.UniqueConstraint(
                 fields=["kind", "service", "key"],
-                condition=models.Q(ended_at=None),
-                nulls_distinct=False,
+                condition=models.Q(ended_at=None, service__isnull=False),
                 name="problem_open_once",
-            )
+            ),
+            models.UniqueConstraint(
+                fields=["kind", "key"],
+                condition=models.Q(ended_at=None, service__isnull=True),
+                name="monitor_problem_open_once",
+            ),
         ]
         indexes = [models.Index(fields=["service", "ended_at"], name="problem_service")]
 

@@ -8,6 +8,7 @@ import datetime as dt
 import json
 
 import pytest
+from django.db import IntegrityError, transaction
 from django.test import Client
 
 from monitor.alerting import acknowledgement, flapping, notifier
@@ -386,3 +387,16 @@ def test_the_signed_link_in_the_message_acknowledges_and_stops_escalation_and_re
     probe(service, T0 + 31 * STEP, Status.UP)
     notifier.run(T0 + 31 * STEP + SECOND)
     assert told(team)[-1] == ("up", "mx") and Problem.objects.get(service=service).ended_at is not None
+
+
+@pytest.mark.parametrize("service_name", [None, "mx"])
+def test_the_database_keeps_one_open_problem_per_kind_and_service_or_key(service_name):
+    service = make_service(service_name) if service_name else None
+    fields = {"kind": "monitor" if service is None else "down", "service": service, "key": "", "opened_at": T0}
+    if service is None:
+        fields["key"] = "dispatcher"
+    Problem.objects.create(**fields)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Problem.objects.create(**fields)
+    Problem.objects.filter(**fields).update(ended_at=T0 + STEP)
+    Problem.objects.create(**fields)  # once the first has ended, a new one may open
