@@ -1,7 +1,8 @@
-"""The probe engine: plain asyncio, no Django. `PROBERS` maps a protocol key to its module's `probe`.
+"""The probe engine: plain asyncio, no Django. `PROTOCOLS` maps a protocol key to what its module declares.
 
-Every protocol module has the same shape: `probe(target, options, *, deadline) -> Result`, an
-`Options` dataclass and the `TLS_MODES` it supports. `run_probe()` is the convenient entry point.
+Every protocol module in `protocols/` has the same shape: `probe(target, options, *, deadline) -> Result`,
+an `Options` dataclass, and `PROTOCOL = Protocol(...)` stating its schemes, ports, TLS modes, flags and
+failure kinds (see `protocol.py`). `run_probe()` is the convenient entry point.
 """
 
 from __future__ import annotations
@@ -12,35 +13,38 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from monitor.probes import dns, http, imap, pop3, smtp, tcp
 from monitor.probes.errors import ProbeTimeout
-from monitor.probes.options import ConnectionOptions, OptionsError
-from monitor.probes.ports import SCHEMES, standard_port
+from monitor.probes.options import ConnectionOptions, OptionsError, TLSOptions
+from monitor.probes.protocol import Protocol
+from monitor.probes.protocols import FAILURE_KINDS, SCHEMES, standard_port
+from monitor.probes.protocols import REGISTRY as PROTOCOLS
+from monitor.probes.protocols import get as protocol_named
 from monitor.probes.result import Failure, Phases, Result, Status, TLSFacts
 from monitor.probes.session import Target
 
 logger = logging.getLogger(__name__)
 
-PROTOCOLS = {"tcp": tcp, "smtp": smtp, "pop3": pop3, "imap": imap, "http": http, "dns": dns}
-PROBERS = {key: module.probe for key, module in PROTOCOLS.items()}
 
 # A probe that overruns its deadline by this much is cut off; it means a read escaped its bound.
 DEADLINE_GRACE = 0.5
 MAX_REASON_CHARS = 300  # an exception's text can be anything, e.g. a whole server reply
 
 __all__ = [
-    "PROBERS",
+    "FAILURE_KINDS",
     "PROTOCOLS",
     "SCHEMES",
     "ConnectionOptions",
     "Failure",
     "OptionsError",
     "Phases",
+    "Protocol",
     "Result",
     "Status",
     "TLSFacts",
+    "TLSOptions",
     "Target",
     "parse_options",
+    "protocol_named",
     "run_probe",
     "standard_port",
 ]
@@ -48,9 +52,7 @@ __all__ = [
 
 def parse_options(protocol: str, raw: Mapping[str, Any] | None) -> ConnectionOptions:
     """Return the protocol's typed options from plain data; raise OptionsError naming the bad field."""
-    if protocol not in PROTOCOLS:
-        raise OptionsError("protocol", f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    return PROTOCOLS[protocol].Options.from_mapping(raw)
+    return protocol_named(protocol).options.from_mapping(raw)
 
 
 async def run_probe(protocol: str, target: Target, options: ConnectionOptions, *, timeout: float) -> Result:
@@ -65,7 +67,7 @@ async def run_probe(protocol: str, target: Target, options: ConnectionOptions, *
     started = time.perf_counter()
     try:
         async with asyncio.timeout_at(deadline + DEADLINE_GRACE):
-            return await PROBERS[protocol](target, options, deadline=deadline)
+            return await PROTOCOLS[protocol].probe(target, options, deadline=deadline)
     except TimeoutError:
         elapsed = time.perf_counter() - started
         return Result(Status.DOWN, ProbeTimeout.failure, f"timed out after {timeout:g} s", Phases(total=elapsed))

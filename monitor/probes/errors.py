@@ -8,7 +8,7 @@ from monitor.probes.result import Failure, Status
 class ProbeError(Exception):
     """The service is not healthy; the message is the sentence a person reads."""
 
-    failure: Failure = Failure.PROTOCOL_ERROR
+    failure: Failure | str = Failure.PROTOCOL_ERROR  # a protocol's own kinds are declared in its `Protocol`
     status: Status = Status.DOWN
 
 
@@ -69,6 +69,10 @@ class ProtocolError(ProbeError):
 
 class ServerRejected(ProbeError):
     failure = Failure.SERVER_REJECTED
+
+
+class AuthFailed(ProbeError):
+    failure = Failure.AUTH_FAILED
 
 
 class HTTPStatusError(ProbeError):

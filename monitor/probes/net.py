@@ -25,11 +25,12 @@ from monitor.probes.errors import (
     ResponseTooLarge,
     TLSHandshakeError,
 )
-from monitor.probes.options import ConnectionOptions
+from monitor.probes.options import ConnectionOptions, TLSOptions
 from monitor.probes.result import TLSFacts
 from monitor.probes.timing import PhaseClock
 
 MAX_LINE_LENGTH = 8192  # longest line accepted from a server, as aiosmtplib allows
+MAX_FRAME_SIZE = 1024 * 1024  # largest binary frame read_exact() accepts unless a protocol sets its own
 RECV_SIZE = 65536
 _FAMILIES = {"any": socket.AF_UNSPEC, "ipv4": socket.AF_INET, "ipv6": socket.AF_INET6}
 
@@ -62,6 +63,20 @@ class Connection:
                 raise ResponseTooLarge(f"{what} has a line longer than {limit} bytes")
             await self._fill(what)
 
+    async def read_exact(self, size: int, *, what: str, limit: int = MAX_FRAME_SIZE) -> bytes:
+        """Return exactly `size` bytes, for binary framing (a length the server sent); raise past `limit`.
+
+        The limit is checked before waiting: a hostile length field asks for 4 GiB and gets an error
+        at once, not a buffer that grows until the deadline.
+        """
+        if size > limit:
+            raise ResponseTooLarge(f"{what} would be {size} bytes, more than the {limit} accepted")
+        while len(self._buffer) < size:
+            await self._fill(what)
+        chunk = bytes(self._buffer[:size])
+        del self._buffer[:size]
+        return chunk
+
     async def read_some(self, *, what: str, limit: int) -> bytes:
         """Return whatever bytes are buffered or arrive next, at most `limit`; b"" once the peer closed."""
         if not self._buffer:
@@ -79,7 +94,7 @@ class Connection:
             data = self._outgoing.read()
         await self._send(data, what)
 
-    async def start_tls(self, options: ConnectionOptions, *, server_name: str, what: str = "TLS handshake") -> None:
+    async def start_tls(self, options: TLSOptions, *, server_name: str, what: str = "TLS handshake") -> None:
         """Upgrade to TLS in place; record the certificate facts even when verification fails.
 
         Bytes already buffered mean the server spoke before the handshake, which is what a

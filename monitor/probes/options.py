@@ -1,7 +1,8 @@
 """Probe options: typed, frozen, validated from plain mappings, with errors that name the field.
 
-`ConnectionOptions` holds what every connection-based protocol shares; each protocol module
-extends it with an `Options` dataclass of its own. `Options.from_mapping(raw)` is the one way in,
+`ConnectionOptions` holds what every protocol that reaches a host shares, and `TLSOptions` adds
+the certificate checks of protocols that can speak TLS; each protocol module extends one of them
+with an `Options` dataclass of its own. `Options.from_mapping(raw)` is the one way in,
 used alike by the Service model, the `probe` command and tests.
 """
 
@@ -30,21 +31,17 @@ class OptionsError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class ConnectionOptions:
+    """What every protocol that reaches a host shares: how its name is resolved."""
+
     ip_family: str = "any"
     # Resolve the host through this DNS server ("ip" or "ip:port") instead of the system resolver.
     resolver: str | None = None
-    tls_server_name: str | None = None  # SNI and the name verified; the host when empty
-    tls_ca_file: str | None = None  # PEM bundle to trust instead of the system's
-    tls_verify: bool = True
-    tls_warn_days: int = 14  # a certificate closer to expiry than this gives `warning`
 
     def __post_init__(self) -> None:
         if self.ip_family not in IP_FAMILIES:
             raise OptionsError("ip_family", f"must be one of {', '.join(IP_FAMILIES)}, not {self.ip_family!r}")
         if self.resolver is not None:
             parse_host_port(self.resolver, default_port=53, field="resolver")
-        if not 0 <= self.tls_warn_days <= 3650:
-            raise OptionsError("tls_warn_days", f"must be between 0 and 3650 days, not {self.tls_warn_days}")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any] | None) -> Self:
@@ -63,6 +60,52 @@ class ConnectionOptions:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) != f.default}
 
 
+@dataclasses.dataclass(frozen=True)
+class TLSOptions(ConnectionOptions):
+    """The options of a protocol that can speak TLS: how the certificate is checked."""
+
+    tls_server_name: str | None = None  # SNI and the name verified; the host when empty
+    tls_ca_file: str | None = None  # PEM bundle to trust instead of the system's
+    tls_verify: bool = True
+    tls_warn_days: int = 14  # a certificate closer to expiry than this gives `warning`
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.tls_warn_days <= 3650:
+            raise OptionsError("tls_warn_days", f"must be between 0 and 3650 days, not {self.tls_warn_days}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoginOptions(ConnectionOptions):
+    """The options of a protocol that can log in: the account, and whether plaintext may carry it.
+
+    The password never comes from stored options: the Service model keeps it encrypted and hands it
+    in when it builds the options, so `to_mapping()` leaves it out and `repr()` never shows it.
+    """
+
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+    # Send the password over a connection without TLS; off unless the service says so.
+    allow_plaintext_login: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.password is not None and not self.username:
+            raise OptionsError("username", "is required when a password is set")
+        for name in ("username", "password"):
+            value = getattr(self, name)
+            if value is not None and any(char in value for char in "\r\n\0"):
+                raise OptionsError(name, "must not contain line breaks or NUL characters")
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Return the options that differ from their defaults, without the password."""
+        return {key: value for key, value in super().to_mapping().items() if key != "password"}
+
+    @property
+    def logs_in(self) -> bool:
+        return bool(self.username)
+
+
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
     """Return the fields' types of an Options class; resolving them costs ~50 µs, and workers parse every job's."""
@@ -71,6 +114,16 @@ def _hints(cls: type) -> dict[str, Any]:
         for name, hint in typing.get_type_hints(cls).items()
         if name in {f.name for f in dataclasses.fields(cls)}
     }
+
+
+def check_pattern(field: str, pattern: str | None) -> None:
+    """Raise OptionsError naming `field` unless `pattern` is None or a valid regular expression."""
+    if pattern is None:
+        return
+    try:
+        re.compile(pattern)
+    except re.error as error:
+        raise OptionsError(field, f"is not a valid regular expression: {error}") from None
 
 
 def parse_host_port(text: str, *, default_port: int, field: str) -> tuple[str, int]:

@@ -32,6 +32,7 @@ class Failure(StrEnum):
     STARTTLS_UNAVAILABLE = "starttls_unavailable"  # STARTTLS asked for but not offered
     PROTOCOL_ERROR = "protocol_error"  # the peer does not speak the protocol
     SERVER_REJECTED = "server_rejected"  # a well-formed negative answer (SMTP 5xx, -ERR, NO/BAD)
+    AUTH_FAILED = "auth_failed"  # the server refused the login the service is set up with (its answer is the reason)
     HTTP_STATUS = "http_status"  # HTTP status not among the expected ones
     KEYWORD_MISSING = "keyword_missing"  # expected keyword or pattern not found in the response
     DNS_RCODE = "dns_rcode"  # DNS answer with an unexpected response code
@@ -103,7 +104,7 @@ class TLSFacts:
 @dataclasses.dataclass(frozen=True)
 class Result:
     status: Status
-    failure: Failure | None
+    failure: Failure | str | None  # a shared `Failure`, or a kind its protocol declares (`Protocol.failures`)
     reason: str
     phases: Phases
     address: str | None = None  # the IP address that answered

@@ -16,8 +16,9 @@ from typing import Any, Literal
 from monitor.probes import tls as tlslib
 from monitor.probes.errors import ProbeError
 from monitor.probes.net import Connection, open_connection
-from monitor.probes.options import ConnectionOptions
+from monitor.probes.options import ConnectionOptions, TLSOptions
 from monitor.probes.result import Failure, Result, Status, TLSFacts
+from monitor.probes.text import printable
 from monitor.probes.timing import PhaseClock
 
 MAX_BANNER_CHARS = 512
@@ -49,7 +50,7 @@ class Session:
 
     @property
     def server_name(self) -> str:
-        return self.options.tls_server_name or self.target.host
+        return getattr(self.options, "tls_server_name", None) or self.target.host
 
     @property
     def tls(self) -> TLSFacts | None:
@@ -65,8 +66,13 @@ class Session:
         return [conn.tls for conn in self.connections if conn.tls is not None]
 
     def set_banner(self, line: bytes | str) -> None:
-        text = line.decode("utf-8", "replace") if isinstance(line, bytes) else line
-        self.banner = text[:MAX_BANNER_CHARS]
+        """Set `banner` to the server's greeting, sanitised here once for every protocol (see `text.printable`).
+
+        "\n" is the one control character a banner keeps: SMTP and FTP greetings are several lines, joined
+        with it, and a reader of the version audit wants to see them as lines. Any other line break
+        (a bare CR, U+2028, ...) becomes "\n" too, so nothing but "\n" can start a line.
+        """
+        self.banner = printable(line, limit=MAX_BANNER_CHARS, keep_newlines=True)
 
     async def start_tls(self) -> None:
         await self.conn.start_tls(self.options, server_name=self.server_name)
@@ -150,7 +156,7 @@ async def exchange(
     return Result(Status.UP, None, "ok", state.clock.stop(), state.address, details=state.details)
 
 
-def grade(certificates: Sequence[TLSFacts], options: ConnectionOptions) -> tuple[Status, Failure | None, str]:
+def grade(certificates: Sequence[TLSFacts], options: TLSOptions) -> tuple[Status, Failure | None, str]:
     """Return (status, failure kind, reason): `warning` and `tls_expiring` when a certificate expires soon.
 
     The certificate that expires first across every connection's chain decides (the first on a tie).

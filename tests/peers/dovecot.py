@@ -1,20 +1,24 @@
 """A real Dovecot for POP3 and IMAP tests: `running_dovecot(leaf)` starts one on free 127.0.0.1 ports.
 
 It writes a minimal dovecot.conf into a temporary directory (runtime, state, log and mail all
-inside it, a static passdb so no system user is needed), runs `dovecot -F -c CONF`, waits until
+inside it, a passwd-file passdb so no system user is needed), runs `dovecot -F -c CONF`, waits until
 every port accepts and greets, and stops it afterwards. With `leaf=None`, TLS is off and not offered.
+`accounts` are users who can log in, each with a maildir holding `messages` messages; `settings`
+are extra dovecot.conf lines (e.g. "auth_failure_delay = 2 secs").
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
+import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +29,34 @@ from tests.conftest import need
 STARTUP_TIMEOUT = 10.0  # seconds Dovecot gets to open its ports; it usually needs well under one
 STOP_TIMEOUT = 5.0  # seconds Dovecot gets to stop its children before it is killed; it needs about one
 DH_PARAMETERS = Path("/usr/share/dovecot/dh.pem")  # shipped by dovecot-core; DHE ciphers need it
+MAIL_USER, MAIL_GROUP = "nobody", "nogroup"  # the static userdb's owner of every mailbox
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user who can log in, and how many messages their INBOX holds."""
+
+    name: str
+    password: str
+    messages: int = 0
+
+    def message(self, number: int) -> bytes:
+        """Return message `number` of this mailbox, with CRLF line ends as POP3 counts its size."""
+        lines = [
+            "From: sender@example.test",
+            f"To: {self.name}@example.test",
+            f"Subject: test message {number}",
+            "Date: Mon, 1 Jan 2024 00:00:00 +0000",
+            f"Message-ID: <{number}.{self.name}@example.test>",
+            "",
+            f"Body of message {number}.",
+            "",
+        ]
+        return "\r\n".join(lines).encode("ascii")
+
+    @property
+    def mailbox_bytes(self) -> int:
+        return sum(len(self.message(number)) for number in range(1, self.messages + 1))
 
 
 @dataclass(frozen=True)
@@ -37,7 +69,9 @@ class Dovecot:
 
 
 @contextlib.contextmanager
-def running_dovecot(leaf: trustme.LeafCert | None) -> Iterator[Dovecot]:
+def running_dovecot(
+    leaf: trustme.LeafCert | None, *, accounts: Sequence[Account] = (), settings: Sequence[str] = ()
+) -> Iterator[Dovecot]:
     """Run Dovecot with `leaf` as its certificate (or without TLS) until the block ends."""
     binary = shutil.which("dovecot", path=f"{os.environ.get('PATH', '')}{os.pathsep}/usr/sbin")
     need(binary is not None, "dovecot is not installed (apt-get install dovecot-core dovecot-pop3d dovecot-imapd)")
@@ -54,7 +88,8 @@ def running_dovecot(leaf: trustme.LeafCert | None) -> Iterator[Dovecot]:
             log=root / "dovecot.log",
         )
         config = root / "dovecot.conf"
-        config.write_text(render_config(root, server, leaf))
+        config.write_text(render_config(root, server, leaf, settings))
+        write_accounts(root, accounts)
         process = subprocess.Popen(
             [binary, "-F", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
         )
@@ -65,7 +100,7 @@ def running_dovecot(leaf: trustme.LeafCert | None) -> Iterator[Dovecot]:
             stop(process)
 
 
-def render_config(root: Path, server: Dovecot, leaf: trustme.LeafCert | None) -> str:
+def render_config(root: Path, server: Dovecot, leaf: trustme.LeafCert | None, settings: Sequence[str] = ()) -> str:
     """Return a dovecot.conf that keeps everything under `root` and listens on 127.0.0.1 only."""
     for name in ("run", "state", "mail"):
         (root / name).mkdir()
@@ -78,8 +113,12 @@ def render_config(root: Path, server: Dovecot, leaf: trustme.LeafCert | None) ->
         "auth_mechanisms = plain",
         # No stats writer: a login process still shaking hands with it at SIGTERM stalls shutdown for 5 s.
         "stats_writer_socket_path =",
-        "passdb {\n  driver = static\n  args = password=portwatch\n}",
-        f"userdb {{\n  driver = static\n  args = uid=nobody gid=nogroup home={root}/mail/%u\n}}",
+        # No auth penalty: Dovecot delays every login from an IP that failed before by 2 s, doubling to 15 s,
+        # so one wrong-password test would slow the logins of every test after it. Without this socket
+        # the auth process turns the penalty off; auth_failure_delay, which tests set, still applies.
+        "service anvil {\n  unix_listener anvil-auth-penalty {\n    mode = 0\n  }\n}",
+        f"passdb {{\n  driver = passwd-file\n  args = scheme=PLAIN {root}/passwd\n}}",
+        f"userdb {{\n  driver = static\n  args = uid={MAIL_USER} gid={MAIL_GROUP} home={root}/mail/%u\n}}",
         f"mail_location = maildir:{root}/mail/%u",
         "service pop3-login {",
         f"  inet_listener pop3 {{\n    port = {server.pop3}\n  }}",
@@ -89,6 +128,7 @@ def render_config(root: Path, server: Dovecot, leaf: trustme.LeafCert | None) ->
         f"  inet_listener imap {{\n    port = {server.imap}\n  }}",
         f"  inet_listener imaps {{\n    port = {server.imaps or 0}\n    ssl = yes\n  }}",
         "}",
+        *settings,
     ]
     if leaf is None:
         return "\n".join([*lines, "ssl = no", ""])
@@ -99,6 +139,20 @@ def render_config(root: Path, server: Dovecot, leaf: trustme.LeafCert | None) ->
     if DH_PARAMETERS.exists():
         lines.append(f"ssl_dh = <{DH_PARAMETERS}")
     return "\n".join([*lines, ""])
+
+
+def write_accounts(root: Path, accounts: Sequence[Account]) -> None:
+    """Write the passwd-file and each account's maildir, owned by the user Dovecot reads mail as."""
+    (root / "passwd").write_text("".join(f"{account.name}:{{PLAIN}}{account.password}\n" for account in accounts))
+    uid, gid = pwd.getpwnam(MAIL_USER).pw_uid, grp.getgrnam(MAIL_GROUP).gr_gid
+    for account in accounts:
+        maildir = root / "mail" / account.name
+        for folder in ("cur", "new", "tmp"):
+            (maildir / folder).mkdir(parents=True)
+        for number in range(1, account.messages + 1):
+            (maildir / "new" / f"1700000000.M{number}P1.portwatch").write_bytes(account.message(number))
+        for path in (maildir, *maildir.rglob("*")):
+            os.chown(path, uid, gid)
 
 
 def free_ports(count: int) -> list[int]:

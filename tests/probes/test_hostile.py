@@ -18,7 +18,7 @@ TALKERS = ("smtp", "pop3", "imap", "http")  # protocols that must understand wha
 
 def options_for(protocol: str):
     raw = {"read_banner": True} if protocol == "tcp" else {}
-    return PROTOCOLS[protocol].Options.from_mapping(raw)
+    return PROTOCOLS[protocol].options.from_mapping(raw)
 
 
 async def probe(server: HostileServer, protocol: str, tls: str = "none"):

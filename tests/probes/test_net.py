@@ -15,8 +15,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from monitor.probes import Status, Target, resolver, run_probe, tcp
+from monitor.probes import Status, Target, resolver, run_probe
 from monitor.probes.net import resolve
+from monitor.probes.protocols import tcp
 from tests.peers.dns_server import DNSServer
 
 TIMEOUT = 2.0

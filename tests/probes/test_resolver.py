@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from monitor.probes import OptionsError, Status, Target, resolver, run_probe, tcp
+from monitor.probes import OptionsError, Status, Target, resolver, run_probe
 from monitor.probes.errors import ProbeTimeout, ResolutionError
+from monitor.probes.protocols import tcp
 from tests.peers.dns_server import DNSServer
 
 TIMEOUT = 2.0

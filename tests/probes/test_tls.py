@@ -16,7 +16,8 @@ import trustme
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from monitor.probes import Status, Target, http, run_probe
+from monitor.probes import Status, Target, run_probe
+from monitor.probes.protocols import http
 from tests.peers.http_server import HTTPServer, Reply
 
 TIMEOUT = 3.0

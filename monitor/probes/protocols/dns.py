@@ -1,4 +1,4 @@
-"""DNS probe: one query with dnspython over UDP (retried over TCP when truncated) or TCP; rcode and answer checked.
+"""DNS probe: one query over UDP (retried over TCP when truncated) or TCP; the rcode and answer are checked.
 
 The target is the DNS server. `query_name` defaults to "." (the root), which every recursive resolver
 answers NOERROR, so the default probe says whether a resolver is alive; for an authoritative server set a
@@ -7,39 +7,32 @@ name of its zone (such a server usually REFUSEs the root, which shows as `dns_rc
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import socket
+import urllib.parse
+from typing import Any
 
-import dns.asyncbackend
-import dns.asyncquery
 import dns.exception
 import dns.flags
 import dns.message
 import dns.name
-import dns.query
 import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 
-from monitor.probes.errors import (
-    ConnectError,
-    ConnectionClosed,
-    DNSAnswerMismatch,
-    DNSRcodeError,
-    ProbeTimeout,
-    ProtocolError,
-    RefusedError,
-)
-from monitor.probes.net import resolve
+from monitor.probes import datagram, net
+from monitor.probes.errors import DNSAnswerMismatch, DNSRcodeError, ProtocolError
 from monitor.probes.options import ConnectionOptions, OptionsError
+from monitor.probes.protocol import Flag, Protocol, Scheme
 from monitor.probes.result import Result
 from monitor.probes.session import Exchange, Target, exchange
+from monitor.probes.text import printable
 
 TLS_MODES = ("none",)
 TRANSPORTS = ("udp", "tcp")
 MAX_ANSWERS = 20  # answer records copied into details; the expected answer is looked for among all of them
 MAX_RECORD_CHARS = 300  # a long TXT record is cut to this in details and reasons
+MAX_UDP_ANSWER = 65535  # a datagram cannot be longer; EDNS answers are usually 1232 bytes or fewer
+MAX_TCP_ANSWER = 65535  # the two-byte length prefix cannot say more
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,65 +70,76 @@ class Options(ConnectionOptions):
 
 
 async def probe(target: Target, options: Options, *, deadline: float) -> Result:
-    async def steps(state: Exchange) -> None:
-        with state.clock.phase("resolve"):
-            family, sockaddr = (await resolve(target.host, target.port, options, deadline=deadline))[0]
-        state.address = sockaddr[0]
-        query = dns.message.make_query(options.query_name, options.record_type)
+    query = dns.message.make_query(options.query_name, options.record_type)
+
+    async def over_udp(state: Exchange, channel: datagram.Channel) -> None:
         state.details["query"] = f"{query.question[0].name} {options.record_type.upper()}"
-        response = await ask(state, query, family, sockaddr, options.transport)
-        if options.transport == "udp" and response.flags & dns.flags.TC:
+        state.details["transport"] = "udp"
+        await channel.send(query.to_wire(), what="the DNS query")
+        reply, _ = await channel.receive_matching(
+            lambda data, sender: _answers(query, data), what="a DNS answer to our query", limit=MAX_UDP_ANSWER
+        )
+        response = _parse(query, reply, channel.where)
+        if response.flags & dns.flags.TC:
             state.details["truncated_retry"] = True  # the answer did not fit a datagram: ask again over TCP
-            response = await ask(state, query, family, sockaddr, "tcp")
+            response = await over_tcp(state, channel.address)
         record(state, response)
         check(response, options)
 
-    return await exchange(target, options, steps, deadline=deadline)
+    async def over_tcp(state: Exchange, address: str) -> dns.message.Message:
+        """Return the answer to `query` over TCP (RFC 7766: a two-byte length before each message)."""
+        state.details["transport"] = "tcp"
+        conn = await net.open_connection(address, target.port, options, deadline=deadline, clock=state.clock)
+        try:
+            wire = query.to_wire()
+            await conn.write(len(wire).to_bytes(2, "big") + wire, what="the DNS query")
+            state.clock.await_first_byte()
+            what = f"the DNS answer from {address} port {target.port} over TCP"
+            size = int.from_bytes(await conn.read_exact(2, what=what), "big")
+            reply = await conn.read_exact(size, what=what, limit=MAX_TCP_ANSWER)
+        finally:
+            conn.close()
+        return _parse(query, reply, f"{address} port {target.port}")
+
+    if options.transport == "udp":
+        return await datagram.converse(target, options, over_udp, deadline=deadline)
+
+    async def tcp_only(state: Exchange) -> None:
+        with state.clock.phase("resolve"):
+            _, sockaddr = (await net.resolve(target.host, target.port, options, deadline=deadline))[0]
+        state.address = sockaddr[0]
+        state.details["query"] = f"{query.question[0].name} {options.record_type.upper()}"
+        response = await over_tcp(state, sockaddr[0])
+        record(state, response)
+        check(response, options)
+
+    return await exchange(target, options, tcp_only, deadline=deadline)
 
 
-async def ask(state: Exchange, query: dns.message.Message, family: int, sockaddr: tuple, transport: str):
-    """Return the server's reply to `query` over `transport`, within the probe's deadline.
+def _answers(query: dns.message.Message, data: bytes) -> bool:
+    """Return whether a datagram is the answer to `query`: its ID matches (the question is checked when parsed)."""
+    return len(data) >= 2 and int.from_bytes(data[:2], "big") == query.id
 
-    The UDP socket is connected so that an ICMP port unreachable comes back as a refusal instead
-    of a silent wait until the deadline. For TCP, connect time is the connect phase; for both,
-    the query until its answer is the processing phase.
-    """
-    state.details["transport"] = transport
-    where = f"{sockaddr[0]} port {sockaddr[1]}"
-    backend = dns.asyncbackend.get_default_backend()
+
+def _parse(query: dns.message.Message, reply: bytes, where: str) -> dns.message.Message:
     try:
-        async with asyncio.timeout_at(state.deadline):
-            if transport == "udp":
-                sock = await backend.make_socket(family, socket.SOCK_DGRAM, 0, None, sockaddr[:2])
-                send = dns.asyncquery.udp
-            else:
-                with state.clock.phase("connect"):
-                    sock = await backend.make_socket(family, socket.SOCK_STREAM, 0, None, sockaddr[:2])
-                send = dns.asyncquery.tcp
-            async with sock:
-                with state.clock.phase("processing"):
-                    return await send(query, sockaddr[0], port=sockaddr[1], sock=sock)
-    except TimeoutError:
-        raise ProbeTimeout(f"timed out waiting for the DNS answer from {where} over {transport.upper()}") from None
-    except ConnectionRefusedError:
-        if transport == "tcp":
-            raise RefusedError(f"connection refused by {where}") from None
-        raise RefusedError(f"{where} refused the query over UDP (ICMP port unreachable)") from None
-    except EOFError:
-        raise ConnectionClosed(f"{where} closed the connection before answering") from None
-    except OSError as error:
-        raise ConnectError(f"cannot reach {where}: {error.strerror or error}") from None
-    except dns.query.BadResponse:
-        raise ProtocolError(f"the reply from {where} does not answer our query") from None
+        response = dns.message.from_wire(reply, keyring=None, question_only=False, ignore_trailing=True)
+    except dns.message.Truncated:
+        # A truncated UDP answer may not parse past its header; its TC flag is what matters.
+        response = dns.message.from_wire(reply, question_only=True)
     except dns.exception.DNSException as error:
         raise ProtocolError(f"malformed DNS reply from {where}: {error}") from None
+    if not query.is_response(response):
+        raise ProtocolError(f"the reply from {where} does not answer our query")
+    return response
 
 
 def record(state: Exchange, response: dns.message.Message) -> None:
     """Put the response code, flags, the first answer records and each section's record count into the details."""
     state.details["rcode"] = dns.rcode.to_text(response.rcode())
     state.details["flags"] = dns.flags.to_text(response.flags)
-    state.details["answers"] = [_clip(line) for line in _answer_lines(response)[:MAX_ANSWERS]]
+    answers = _answer_lines(response)[:MAX_ANSWERS]
+    state.details["answers"] = [printable(line, limit=MAX_RECORD_CHARS) for line in answers]
     # Record counts of each section, as blackbox_exporter reports them (Go's miekg/dns counts the
     # EDNS OPT pseudo-record among the additional ones; dnspython keeps it apart).
     state.details["answer_rrs"] = sum(len(rrset) for rrset in response.answer)
@@ -155,7 +159,7 @@ def check(response: dns.message.Message, options: Options) -> None:
     if any(matches(rdata, options.expected_answer) for rdata in rdatas):
         return
     asked = f"{options.record_type.upper()} record {options.expected_answer!r}"
-    got = ", ".join(_clip(rdata.to_text()) for rdata in rdatas[:5]) or "an empty answer"
+    got = ", ".join(printable(rdata.to_text(), limit=MAX_RECORD_CHARS) for rdata in rdatas[:5]) or "an empty answer"
     raise DNSAnswerMismatch(f"no {asked} in the answer for {options.query_name}; got {got}")
 
 
@@ -187,5 +191,39 @@ def _answer_lines(response: dns.message.Message) -> list[str]:
     ]
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= MAX_RECORD_CHARS else text[:MAX_RECORD_CHARS] + "..."
+URL_PARAMETERS = {"type": "record_type", "transport": "transport", "rcode": "expected_rcode"}
+
+
+def url_options(parts: urllib.parse.SplitResult) -> dict[str, Any]:
+    """Return the query a dns URL names: dns://server/example.com?type=MX&transport=tcp&rcode=NXDOMAIN."""
+    raw: dict[str, Any] = {}
+    name = parts.path.strip("/")
+    if name:
+        raw["query_name"] = name
+    for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+        if key not in URL_PARAMETERS:
+            raise OptionsError("url", f"unknown DNS URL parameter {key!r}; use {', '.join(URL_PARAMETERS)}")
+        raw[URL_PARAMETERS[key]] = value
+    return raw
+
+
+PROTOCOL = Protocol(
+    key="dns",
+    label="DNS",
+    summary="one query over UDP (retried over TCP when truncated) or TCP, with the rcode and answer checked",
+    options=Options,
+    probe=probe,
+    blackbox_prober="dns",
+    tls_modes=TLS_MODES,
+    transport="datagram",
+    schemes=(Scheme("dns", "none", 53),),
+    url_options=url_options,
+    flags=(Flag("--expect-answer", "expected_answer", "a record the answer must contain", metavar="TEXT"),),
+    shown=(
+        ("query", "Query"),
+        ("transport", "Transport"),
+        ("rcode", "Rcode"),
+        ("flags", "Flags"),
+        ("answers", "Answers"),
+    ),
+)

@@ -9,7 +9,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from monitor.probes import OptionsError, Status, Target, run_probe, smtp, tcp
+from monitor.probes import OptionsError, Status, Target, run_probe
+from monitor.probes.protocols import smtp, tcp
 from tests.peers.smtp_server import SERVER_NAME, LineServer, smtp_server
 
 TIMEOUT = 5.0

@@ -6,7 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from monitor.probes import Status, Target, pop3, run_probe
+from monitor.probes import Status, Target, run_probe
+from monitor.probes.protocols import pop3
 from tests.peers.dovecot import Dovecot, running_dovecot
 from tests.peers.smtp_server import LineServer
 

@@ -10,7 +10,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from monitor.probes import OptionsError, Status, Target, http, run_probe
+from monitor.probes import OptionsError, Status, Target, run_probe
+from monitor.probes.protocols import http
 from tests.peers import hostile
 from tests.peers.hostile import HostileServer
 from tests.peers.http_server import HTTPServer, Reply
@@ -327,7 +328,7 @@ async def test_it_reports_another_protocol_on_the_port_at_once(banner):
             "expect_status",
             f"{STATUS_FORMS}; '299-200' is not one of these",
         ),
-        ({"method": "get"}, "method", "must be one of GET, HEAD, POST, OPTIONS, not 'get'"),
+        ({"method": "get"}, "method", "is case-sensitive: write GET, not 'get'"),
         ({"path": "health"}, "path", "must start with / and be ASCII without spaces (percent-encode), not 'health'"),
         ({"regex": "[a"}, "regex", "is not a valid regular expression: unterminated character set at position 0"),
     ],
