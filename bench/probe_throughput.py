@@ -76,7 +76,7 @@ async def run_batch(kind: str, port: int, ca_file: str, count: int, concurrency:
         "tcp_banner": ("tcp", "none", {"read_banner": True}),
         "tls_banner": ("tcp", "implicit", {"read_banner": True, "tls_ca_file": ca_file}),
     }[kind]
-    options = PROTOCOLS[protocol].Options.from_mapping(raw)
+    options = PROTOCOLS[protocol].options.from_mapping(raw)
     target = Target("127.0.0.1", port, tls)
     gate = asyncio.Semaphore(concurrency)
     failures: list[str] = []

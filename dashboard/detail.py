@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from monitor.models import (
     Service,
     ServiceState,
 )
+from monitor.probes import PROTOCOLS, Protocol
+from monitor.probes.text import printable
 from monitor.readers import latency_summaries
 from monitor.stats import DAY, HOUR, OK_STATUSES, ceil, floor
 
@@ -455,17 +458,7 @@ def _number(value: object) -> float | None:
 
 
 MAX_GREETING_BYTES = 4096  # the engine bounds banners and replies already; a page still shows at most this
-# Protocol details shown with the greeting, as (key, heading): the keys smtp.py, pop3.py, imap.py,
-# http.py and tcp.py fill. A mapping is shown one "KEY value" per line, a list one item per line.
-GREETING_DETAILS = (
-    ("extensions", "EHLO"),
-    ("extensions_after_tls", "EHLO after STARTTLS"),
-    ("capabilities", "Capabilities"),
-    ("capabilities_after_tls", "Capabilities after STARTTLS"),
-    ("content_type", "Content-Type"),
-    ("location", "Location"),
-    ("matched", "Matched"),
-)
+SIGNIFICANT_DIGITS = 4  # of a float shown: RTTs and login times are measured to the microsecond, not read so
 
 
 @dataclass(frozen=True)
@@ -475,20 +468,60 @@ class Greeting:
     truncated: bool
 
 
-def greeting_text(banner: str, details: Mapping[str, Any] | None) -> tuple[str, bool]:
-    """Return (text, truncated): the banner and the announced capabilities, at most `MAX_GREETING_BYTES`."""
+def greeting_text(protocol: str | Protocol, banner: str, details: Mapping[str, Any] | None) -> tuple[str, bool]:
+    """Return (text, truncated): the banner and the details the protocol shows, at most `MAX_GREETING_BYTES`.
+
+    Which details, under which heading and in which order is the protocol module's `shown`; an unknown
+    protocol (a module removed since the result was stored) shows the banner alone. A mapping is one
+    "KEY value" line per entry, a list one line per item, anything else "Heading: value".
+    """
+    known = protocol if isinstance(protocol, Protocol) else PROTOCOLS.get(protocol)
     details = details if isinstance(details, Mapping) else {}
     blocks = [banner.rstrip()] if banner else []
-    for key, heading in GREETING_DETAILS:
+    for key, heading in known.shown if known else ():
         value = details.get(key)
-        if isinstance(value, Mapping):
-            lines = [f"  {name} {parameters}".rstrip() for name, parameters in value.items()]
+        if value in (None, ""):
+            continue
+        if isinstance(value, Mapping) and value:
+            lines = [f"  {_compact(name)} {_compact(item)}".rstrip() for name, item in value.items()]
             blocks.append("\n".join([f"{heading}:", *lines]))
-        elif isinstance(value, (list, tuple)):
-            blocks.append("\n".join([f"{heading}:", *(f"  {item}" for item in value)]))
-        elif value not in (None, ""):
-            blocks.append(f"{heading}: {value}")
+        elif isinstance(value, (list, tuple)) and value:
+            blocks.append("\n".join([f"{heading}:", *(f"  {_compact(item)}" for item in value)]))
+        else:
+            blocks.append(f"{heading}: {_compact(value)}")
     return _bounded("\n\n".join(blocks))
+
+
+def _compact(value: object) -> str:
+    """Return a details value on one line: a mapping as "key=value ...", a list comma-separated, floats rounded.
+
+    A mapping's keys come in a fixed order, "name" first. An empty list or mapping is "none": a server that
+    lists no capabilities said so. Text goes through `printable()` again, bounded: the engine cleaned it,
+    but a line break in a value stored by an older version would still read as a heading of its own.
+    """
+    if isinstance(value, Mapping):
+        # PostgreSQL's jsonb keeps no key order: a fixed one, the name first, reads the same on either database.
+        ordered = sorted(value.items(), key=lambda pair: (pair[0] != "name", str(pair[0])))
+        parts = (f"{_compact(name)}={_compact(item)}" for name, item in ordered if item not in (None, ""))
+        return " ".join(parts) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_compact(item) for item in value) or "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return _rounded(value)
+    return printable(str(value), limit=MAX_GREETING_BYTES)
+
+
+def _rounded(value: float) -> str:
+    """Return `value` to `SIGNIFICANT_DIGITS` without an exponent: an RTT of 3.1e-05 s reads 0.000031."""
+    if value == 0 or not math.isfinite(value):
+        return "0" if value == 0 else str(value)
+    text = f"{value:.{SIGNIFICANT_DIGITS}g}"
+    if "e" in text:
+        decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(abs(value))))
+        text = f"{float(text):.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _bounded(text: str) -> tuple[str, bool]:
@@ -498,7 +531,7 @@ def _bounded(text: str) -> tuple[str, bool]:
     return encoded[:MAX_GREETING_BYTES].decode("utf-8", "ignore"), True
 
 
-def greetings(service_states: Sequence[ServiceState], results: Sequence[ProbeResult]) -> list[Greeting]:
+def greetings(protocol: str, service_states: Sequence[ServiceState], results: Sequence[ProbeResult]) -> list[Greeting]:
     """Return what each location's last measured probe heard, locations that heard the same text together.
 
     The banner is the newest one heard: the state's last result's, else the newest among `results`
@@ -510,7 +543,7 @@ def greetings(service_states: Sequence[ServiceState], results: Sequence[ProbeRes
         measured = [state.last_result] if state.last_result else []
         measured += [result for result in results if result.location == state.location]
         banner = next((result.banner for result in measured if result.banner), "")
-        text, truncated = greeting_text(banner, state.details)
+        text, truncated = greeting_text(protocol, banner, state.details)
         if text:
             heard.setdefault((text, truncated), []).append(state.location)
     return [Greeting(", ".join(locations), text, truncated) for (text, truncated), locations in heard.items()]

@@ -25,7 +25,7 @@ SERVICE_FIELDSETS: list[tuple[str, tuple[str, ...]]] = [
     ("Target", ("protocol", "host", "port", "tls_mode")),
     ("Schedule", ("interval", "timeout", "locations")),
     ("Incidents", ("failure_threshold", "recovery_threshold")),
-    ("Options", ("options",)),
+    ("Options", ("options", "login_password", "clear_login_password")),
 ]
 
 
@@ -53,7 +53,7 @@ def initial_from_url(url: str) -> dict[str, Any]:
         "protocol": parsed.protocol,
         "tls_mode": parsed.tls_mode,
         "host": parsed.host,
-        "port": parsed.port,
+        "port": parsed.port or None,  # icmp has no port
         "options": parsed.options,
     }
 

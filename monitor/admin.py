@@ -13,21 +13,41 @@ from django.utils import timezone
 from monitor.alerting import maintenance
 from monitor.models import Alert, Channel, DeliveryAttempt, MaintenanceWindow, Notification, Service
 from monitor.probes import PROTOCOLS, ConnectionOptions
+from monitor.probes.options import LoginOptions, TLSOptions
 from monitor.secrets import masked
 
 
 def options_help() -> str:
     """Return which options each protocol takes, read from the engine's registry so new protocols appear here."""
-    common = [field.name for field in dataclasses.fields(ConnectionOptions)]
-    lines = [f'A JSON object, e.g. {{"tls_warn_days": 7}}. Every protocol: {", ".join(common)}.']
-    for key, module in PROTOCOLS.items():
-        own = [field.name for field in dataclasses.fields(module.Options) if field.name not in common]
+    groups = [
+        ("Every protocol", ConnectionOptions, lambda protocol: True),
+        ("With TLS", TLSOptions, lambda protocol: issubclass(protocol.options, TLSOptions)),
+        ("With a login check", LoginOptions, lambda protocol: issubclass(protocol.options, LoginOptions)),
+    ]
+    shared = {"password"}  # never an option: the login password has its own, encrypted field
+    lines = ['A JSON object, e.g. {"tls_warn_days": 7}.']
+    for title, options, applies in groups:
+        names = [field.name for field in dataclasses.fields(options) if field.name not in shared]
+        which = "" if options is ConnectionOptions else f" ({', '.join(k for k, p in PROTOCOLS.items() if applies(p))})"
+        lines.append(f"{title}{which}: {', '.join(names)}.")
+        shared.update(names)
+    for key, protocol in PROTOCOLS.items():
+        own = [field.name for field in dataclasses.fields(protocol.options) if field.name not in shared]
         if own:
             lines.append(f"{key}: {', '.join(own)}.")
     return " ".join(lines)
 
 
 class ServiceForm(forms.ModelForm):
+    """A service; its login password is typed in, stored encrypted and never shown back (blank keeps it)."""
+
+    login_password = forms.CharField(
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+        required=False,
+        strip=False,
+    )
+    clear_login_password = forms.BooleanField(required=False, label="Remove the stored login password")
+
     class Meta:
         model = Service
         fields = "__all__"
@@ -35,8 +55,21 @@ class ServiceForm(forms.ModelForm):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["options"].help_text = options_help()
-        modes = "; ".join(f"{key}: {', '.join(module.TLS_MODES)}" for key, module in PROTOCOLS.items())
+        modes = "; ".join(f"{key}: {', '.join(protocol.tls_modes)}" for key, protocol in PROTOCOLS.items())
         self.fields["tls_mode"].help_text = f"TLS modes each protocol supports: {modes}."
+        with_login = ", ".join(key for key, protocol in PROTOCOLS.items() if issubclass(protocol.options, LoginOptions))
+        stored = "A password is stored (encrypted); leave blank to keep it." if self.instance.has_login_password else ""
+        self.fields[
+            "login_password"
+        ].help_text = f"For a login check ({with_login}) of the account in the username option. {stored}".strip()
+
+    def clean(self) -> dict:
+        data = super().clean()
+        if data.get("login_password"):
+            self.instance.set_login_password(data["login_password"])
+        elif data.get("clear_login_password"):
+            self.instance.set_login_password(None)
+        return data
 
 
 @admin.register(Service)
@@ -51,7 +84,7 @@ class ServiceAdmin(admin.ModelAdmin):
         ("Target", {"fields": ("protocol", "host", "port", "tls_mode")}),
         ("Schedule", {"fields": ("interval", "timeout", "locations")}),
         ("Incidents", {"fields": ("failure_threshold", "recovery_threshold")}),
-        ("Options", {"fields": ("options",)}),
+        ("Options", {"fields": ("options", "login_password", "clear_login_password")}),
         ("History", {"fields": ("created", "updated")}),
     )
 

@@ -18,29 +18,30 @@ from typing import Any, TextIO
 
 import idna
 
-from monitor.probes import PROTOCOLS, SCHEMES, OptionsError, Result, Status, Target, parse_options, run_probe
+from monitor.probes import PROTOCOLS, SCHEMES, OptionsError, Protocol, Result, Status, Target, run_probe
+from monitor.probes.options import LoginOptions, TLSOptions
+from monitor.probes.protocol import Flag
 
 EXIT_CODES = {Status.UP: 0, Status.WARNING: 1, Status.DOWN: 2, Status.UNKNOWN: 3}
 UNKNOWN = 3
 NAGIOS_LABELS = {Status.UP: "OK", Status.WARNING: "WARNING", Status.DOWN: "CRITICAL", Status.UNKNOWN: "UNKNOWN"}
-DNS_QUERY_PARAMETERS = {"type": "record_type", "transport": "transport", "rcode": "expected_rcode"}
 
-# Flag destination -> option name, for flags that set a protocol option.
-FLAG_OPTIONS = {
-    "sni": "tls_server_name",
-    "ca_file": "tls_ca_file",
-    "warn_days": "tls_warn_days",
-    "expect_status": "expect_status",
-    "keyword": "keyword",
-    "method": "method",
-    "expect_answer": "expected_answer",
-    "ip_family": "ip_family",
-    "resolver": "resolver",
-}
-
-# Option name -> the flag that sets it, so an option's error names what the user typed.
-OPTION_FLAGS = {option: "--" + flag.replace("_", "-") for flag, option in FLAG_OPTIONS.items()}
-OPTION_FLAGS |= {"tls_verify": "--insecure", "follow_redirects": "--no-follow"}
+# Flags every protocol that reaches a host takes; the TLS and login ones only where the options have them.
+CONNECTION_FLAGS = (
+    Flag("--ip-family", "ip_family", "connect over this IP version only: any, ipv4 or ipv6", metavar="FAMILY"),
+    Flag("--resolver", "resolver", "resolve the host through this DNS server", metavar="IP[:PORT]"),
+)
+TLS_FLAGS = (
+    Flag("--sni", "tls_server_name", "TLS server name and the name verified; for HTTP also the Host", metavar="NAME"),
+    Flag("--ca-file", "tls_ca_file", "trust the CAs in this PEM file instead of the system's", metavar="PATH"),
+    Flag("--insecure", "tls_verify", "do not verify the certificate (facts still shown)", value=False),
+    Flag("--warn-days", "tls_warn_days", "warn when the certificate expires within N days", metavar="N"),
+)
+LOGIN_FLAGS = (
+    Flag("--username", "username", "log in as this user (the password comes from --password-env)", metavar="USER"),
+    Flag("--plaintext-login", "allow_plaintext_login", "allow sending the password without TLS", value=True),
+)
+PASSWORD_ENV = "--password-env"  # the password is read from an environment variable, never from the command line
 
 
 class UsageError(ValueError):
@@ -69,25 +70,56 @@ class ProbeRequest:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the command's flags: the common ones, then each protocol's own, read from the registry."""
     parser.add_argument(
-        "url", help="what to probe, e.g. smtp://mail.example.com:587, imaps://host, https://host/health"
+        "url",
+        help=f"what to probe, e.g. smtp://mail.example.com:587, imaps://host, https://host/health; "
+        f"schemes: {', '.join(SCHEMES)}",
     )
-    parser.add_argument("--starttls", action="store_true", help="upgrade to TLS with STARTTLS (smtp, pop3, imap)")
+    parser.add_argument("--starttls", action="store_true", help="upgrade to TLS with STARTTLS where the protocol can")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds for the whole probe (default 10)")
-    parser.add_argument("--sni", metavar="NAME", help="TLS server name and the name verified; for HTTP also the Host")
-    parser.add_argument("--ca-file", metavar="PATH", help="trust the CAs in this PEM file instead of the system's")
-    parser.add_argument("--insecure", action="store_true", help="do not verify the certificate (facts still shown)")
-    parser.add_argument("--warn-days", type=int, metavar="N", help="warn when the certificate expires within N days")
-    parser.add_argument("--expect-status", metavar="CODES", help="HTTP statuses that count as up, e.g. 200,301 or 2xx")
-    parser.add_argument("--keyword", help="HTTP: text the body must contain")
-    parser.add_argument("--method", help="HTTP method (default GET)")
-    parser.add_argument("--no-follow", action="store_true", help="HTTP: do not follow redirects")
-    parser.add_argument("--expect-answer", metavar="TEXT", help="DNS: a record the answer must contain")
-    parser.add_argument("--ip-family", choices=("any", "ipv4", "ipv6"), help="connect over this IP version only")
-    parser.add_argument("--resolver", metavar="IP[:PORT]", help="resolve the host through this DNS server")
+    for flag, help_text in _all_flags().values():
+        if flag.is_switch:
+            parser.add_argument(flag.name, dest=flag.dest, action="store_true", help=help_text)
+        else:
+            parser.add_argument(flag.name, dest=flag.dest, metavar=flag.metavar, help=help_text)
+    parser.add_argument(
+        PASSWORD_ENV, metavar="VAR", help="read the login password from this environment variable (never a flag)"
+    )
     output = parser.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print the result as one JSON object")
     output.add_argument("--nagios", action="store_true", help="print a Nagios plugin line with perfdata")
+
+
+def _all_flags() -> dict[str, tuple[Flag, str]]:
+    """Return each flag name's flag and help, which names the protocols it applies to and what it means for each.
+
+    Protocols may share a flag name only for the same option (`--expect` sets `expect` for udp and telnet alike).
+    """
+    flags: dict[str, tuple[Flag, str]] = {flag.name: (flag, flag.help) for flag in CONNECTION_FLAGS}
+    owners: dict[str, dict[str, list[str]]] = {}  # flag name -> help -> protocols
+    first: dict[str, tuple[Flag, str]] = {}
+    for key, protocol in PROTOCOLS.items():
+        for flag in _flags_of(protocol):
+            if flag.name in flags:
+                continue
+            known, declared_by = first.setdefault(flag.name, (flag, key))
+            if (known.option, known.value) != (flag.option, flag.value):
+                raise ValueError(f"{key} declares {flag.name} for {flag.option}, {declared_by} for {known.option}")
+            owners.setdefault(flag.name, {}).setdefault(flag.help, []).append(key)
+    for name, (flag, _) in first.items():
+        flags[name] = (flag, "; ".join(f"{', '.join(keys)}: {text}" for text, keys in owners[name].items()))
+    return flags
+
+
+def _flags_of(protocol: Protocol) -> tuple[Flag, ...]:
+    """Return the flags that set an option of `protocol`."""
+    flags = CONNECTION_FLAGS + protocol.flags
+    if issubclass(protocol.options, TLSOptions):
+        flags += TLS_FLAGS
+    if issubclass(protocol.options, LoginOptions):
+        flags += LOGIN_FLAGS
+    return flags
 
 
 def parse_url(url: str) -> ParsedURL:
@@ -101,52 +133,71 @@ def parse_url(url: str) -> ParsedURL:
         raise UsageError(
             f"unknown URL scheme {scheme + ':' if scheme else 'in ' + repr(url)}; use one of: {', '.join(SCHEMES)}"
         )
-    protocol, tls_mode, port = SCHEMES[scheme]
+    protocol, declared = SCHEMES[scheme]
     host = _host(parts, url)
     try:
-        port = parts.port or port
+        port = parts.port or declared.port or 0
     except ValueError:
         raise UsageError(f"the port in {url!r} must be a number from 1 to 65535") from None
-    if not port:
+    if not port and protocol.needs_port:
         raise UsageError(f"{scheme} URLs need a port, e.g. {scheme}://{host}:1234")
-    options = _url_options(protocol, parts, url)
-    try:  # a DNS URL's ?type=BOGUS is the URL's fault, whatever flags or form fields come with it
-        parse_options(protocol, options)
+    try:
+        options = protocol.url_options(parts)
+        protocol.parse_options(options)
     except OptionsError as error:
-        raise UsageError(f"{error.field}: {error.message}") from None
-    return ParsedURL(scheme, protocol, tls_mode, host, port, options)
+        # A DNS URL's ?type=BOGUS is the URL's fault, whatever flags or form fields come with it; an option
+        # the URL cannot give (udp's send) may still come from them.
+        if error.field == "url":
+            raise UsageError(f"{_without_password(parts)}: {error.message}") from None
+        if error.field in options:
+            raise UsageError(f"{error.field}: {error.message}") from None
+    return ParsedURL(scheme, protocol.key, declared.tls_mode, host, port, options)
 
 
 def build_request(args: argparse.Namespace) -> ProbeRequest:
     """Return the probe the URL and flags describe; raise UsageError saying what is wrong."""
     parsed = parse_url(args.url)
-    scheme, protocol, tls_mode, host, port = parsed.scheme, parsed.protocol, parsed.tls_mode, parsed.host, parsed.port
+    scheme, tls_mode = parsed.scheme, parsed.tls_mode
+    protocol = PROTOCOLS[parsed.protocol]
     if args.starttls:
-        if "starttls" not in PROTOCOLS[protocol].TLS_MODES:
-            raise UsageError(f"--starttls applies to smtp, pop3 and imap URLs, not {scheme}")
+        if "starttls" not in protocol.tls_modes:
+            with_starttls = ", ".join(key for key, known in PROTOCOLS.items() if "starttls" in known.tls_modes)
+            raise UsageError(f"--starttls applies to {with_starttls} URLs, not {scheme}")
         if tls_mode == "implicit":
             raise UsageError(f"--starttls cannot be combined with {scheme}, which is already TLS from the start")
         tls_mode = "starttls"
     if args.timeout <= 0:
         raise UsageError("--timeout must be a positive number of seconds")
+    own = _flags_of(protocol)
+    names = {flag.name for flag in own}
+    for flag, _ in _all_flags().values():
+        given = getattr(args, flag.dest, None)
+        if given not in (None, False) and flag.name not in names:
+            raise UsageError(f"{flag.name} does not apply to {scheme} URLs")
     raw = dict(parsed.options)
-    raw.update(
-        {option: getattr(args, flag) for flag, option in FLAG_OPTIONS.items() if getattr(args, flag) is not None}
-    )
-    if args.insecure:
-        raw["tls_verify"] = False
-    if args.no_follow:
-        raw["follow_redirects"] = False
-    if args.ca_file is not None and not os.path.isfile(args.ca_file):
+    for flag in own:
+        given = getattr(args, flag.dest, None)
+        if flag.is_switch and given:
+            raw[flag.option] = flag.value
+        elif not flag.is_switch and given is not None:
+            raw[flag.option] = given
+    if getattr(args, "ca_file", None) is not None and not os.path.isfile(args.ca_file):
         raise UsageError(f"--ca-file {args.ca_file}: no such file")
+    password_env = getattr(args, "password_env", None)
+    if password_env is not None:
+        if not issubclass(protocol.options, LoginOptions):
+            raise UsageError(f"{PASSWORD_ENV} does not apply to {scheme} URLs")
+        if password_env not in os.environ:
+            raise UsageError(f"{PASSWORD_ENV} {password_env}: no such environment variable")
+        raw["password"] = os.environ[password_env]
     try:
-        options = parse_options(protocol, raw)
+        options = protocol.parse_options(raw)
     except OptionsError as error:
-        flag = OPTION_FLAGS.get(error.field, error.field)
-        if "unknown option" in error.message:
-            raise UsageError(f"{flag} does not apply to {scheme} URLs") from None
+        flag = next((flag.name for flag in own if flag.option == error.field), error.field)
+        if error.field == "password":
+            flag = PASSWORD_ENV
         raise UsageError(f"{flag}: {error.message}") from None
-    return ProbeRequest(args.url, protocol, Target(host, port, tls_mode), options, args.timeout)
+    return ProbeRequest(args.url, protocol.key, Target(parsed.host, parsed.port, tls_mode), options, args.timeout)
 
 
 def run(args: argparse.Namespace, out: TextIO) -> int:
@@ -172,13 +223,14 @@ def run(args: argparse.Namespace, out: TextIO) -> int:
 def nagios_line(request: ProbeRequest, result: Result) -> str:
     """Return `SERVICE STATE - text | perfdata`, with every phase and the days left of the earliest certificate."""
     label = request.protocol.upper()
-    where = f"{result.address or request.target.host} port {request.target.port}"
+    where = result.address or request.target.host
+    where += f" port {request.target.port}" if request.target.port else ""
     text = result.reason if result.status is not Status.UP else f"{result.phases.total:.3f} s response time on {where}"
     perf = [f"time={result.phases.total:.6f}s;;;0"]
     perf += [f"{name}={getattr(result.phases, name):.6f}s;;;0" for name in result.phases.NAMES]
     days = _chain_days_left(result)
     if days is not None:
-        perf.append(f"cert_days={days:.1f};{request.options.tls_warn_days};0")
+        perf.append(f"cert_days={days:.1f};{getattr(request.options, 'tls_warn_days', '')};0")
     return f"{label} {NAGIOS_LABELS[result.status]} - {text} | {' '.join(perf)}"
 
 
@@ -186,7 +238,8 @@ def human_summary(request: ProbeRequest, result: Result) -> str:
     lines = [f"{request.url}  {result.status.upper()}" + (f"  [{result.failure}]" if result.failure else "")]
     lines.append(f"  reason     {result.reason}")
     tls = {"none": "no TLS", "starttls": "STARTTLS", "implicit": "implicit TLS"}[request.target.tls]
-    lines.append(f"  target     {request.protocol} {request.target.host} port {request.target.port}, {tls}")
+    port = f" port {request.target.port}" if request.target.port else ""  # icmp has none
+    lines.append(f"  target     {request.protocol} {request.target.host}{port}, {tls}")
     if result.address:
         lines.append(f"  address    {result.address}")
     if result.banner:
@@ -243,6 +296,14 @@ def _hop(hop: dict[str, Any]) -> str:
     return text
 
 
+def _without_password(parts: urllib.parse.SplitResult) -> str:
+    """Return the URL to quote in an error, its password (if someone put one there) replaced by ***."""
+    if parts.password is None:
+        return repr(parts.geturl())
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return repr(parts._replace(netloc=netloc).geturl())
+
+
 def _host(parts: urllib.parse.SplitResult, url: str) -> str:
     host = parts.hostname
     if not host:
@@ -253,25 +314,6 @@ def _host(parts: urllib.parse.SplitResult, url: str) -> str:
         return idna.encode(host, uts46=True).decode("ascii")
     except idna.IDNAError as error:
         raise UsageError(f"{host!r} is not a valid host name: {error}") from None
-
-
-def _url_options(protocol: str, parts: urllib.parse.SplitResult, url: str) -> dict[str, Any]:
-    if protocol == "http":
-        path = parts.path or "/"
-        return {"path": path + (f"?{parts.query}" if parts.query else "")}
-    if protocol == "dns":
-        raw: dict[str, Any] = {}
-        name = parts.path.strip("/")
-        if name:
-            raw["query_name"] = name
-        for key, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-            if key not in DNS_QUERY_PARAMETERS:
-                raise UsageError(f"unknown DNS URL parameter {key!r}; use {', '.join(DNS_QUERY_PARAMETERS)}")
-            raw[DNS_QUERY_PARAMETERS[key]] = value
-        return raw
-    if parts.path not in ("", "/") or parts.query:
-        raise UsageError(f"{parts.scheme} URLs take no path or query: {url!r}")
-    return {}
 
 
 def _compact(value: Any) -> str:

@@ -31,7 +31,7 @@ def test_importing_every_engine_module_loads_no_django_or_celery():
     )
     assert run.returncode == 0, run.stderr
     report = json.loads(run.stdout)
-    assert "monitor.probes.tcp" in report["modules"]  # the walk really found the modules
+    assert "monitor.probes.protocols.tcp" in report["modules"]  # the walk really found the modules
     assert report["loaded"] == []
 
 

@@ -61,3 +61,26 @@ def test_0006_stores_the_series_of_every_state_that_was_there(settings):
         assert f'portwatch_service_status{{{exposition.LABELS},status="down"}} 1\n' in bytes(stored["us"].text).decode()
     finally:
         migrate(latest)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_0011_drops_the_tls_options_dns_accepted_and_ignored_and_keeps_the_rest():
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    try:
+        old = migrate([("monitor", "0010_alerting_rules")])
+        services = old.get_model("monitor", "Service").objects
+        resolver = services.create(
+            name="resolver",
+            host="192.0.2.53",
+            protocol="dns",
+            options={"query_name": "example.com", "tls_warn_days": 7, "tls_verify": False},
+        )
+        web = services.create(name="web", host="example.com", protocol="http", options={"tls_warn_days": 7})
+
+        new = migrate([("monitor", "0011_protocol_registry_and_login_password")])
+        after = new.get_model("monitor", "Service").objects
+        assert after.get(pk=resolver.pk).options == {"query_name": "example.com"}
+        assert after.get(pk=web.pk).options == {"tls_warn_days": 7}
+        assert after.get(pk=web.pk).login_password_encrypted == ""
+    finally:
+        migrate(latest)

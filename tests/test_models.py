@@ -9,7 +9,8 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError
 
 from monitor.models import Service
-from monitor.probes import PROTOCOLS, Target, tcp
+from monitor.probes import PROTOCOLS, Target
+from monitor.probes.protocols import tcp
 from tests.conftest import need
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -28,7 +29,7 @@ def errors_of(candidate: Service) -> dict[str, list[str]]:
 
 
 def needs_tls_mode(protocol: str, mode: str) -> None:
-    need(mode in PROTOCOLS[protocol].TLS_MODES, f"the {protocol} module does not support {mode} yet")
+    need(mode in PROTOCOLS[protocol].tls_modes, f"the {protocol} module does not support {mode} yet")
 
 
 def test_a_valid_service_passes_and_saves():
@@ -47,7 +48,7 @@ def test_it_refuses_a_port_outside_1_to_65535(port):
 
 def test_it_refuses_an_unknown_protocol_listing_the_known_ones():
     assert errors_of(service(protocol="gopher")) == {
-        "protocol": ["Protocol must be one of tcp, smtp, pop3, imap, http, dns, not 'gopher'."]
+        "protocol": [f"Protocol must be one of {', '.join(PROTOCOLS)}, not 'gopher'."]
     }
 
 
@@ -136,7 +137,7 @@ def test_it_stores_option_values_typed():
 
 def test_http_expect_status_is_validated_by_the_http_module():
     need(
-        "expect_status" in {f.name for f in dataclasses.fields(PROTOCOLS["http"].Options)}, "http has no expect_status"
+        "expect_status" in {f.name for f in dataclasses.fields(PROTOCOLS["http"].options)}, "http has no expect_status"
     )
     good = service(protocol="http", host="www.example.com", options={"expect_status": "200-299,301"})
     good.full_clean()
@@ -266,3 +267,21 @@ def test_target_is_what_the_engine_connects_to():
 def test_probe_options_are_the_protocols_typed_options():
     options = service(protocol="tcp", port=22, options={"read_banner": True, "expect": "^SSH-"}).probe_options()
     assert options == tcp.Options(read_banner=True, expect="^SSH-")
+
+
+def test_a_protocol_without_ports_takes_none_and_is_probed_without_one():
+    ping = Service(name="router", host="192.0.2.1", protocol="icmp")
+    ping.full_clean()
+    assert ping.target() == Target("192.0.2.1", 0, "none")
+    assert errors_of(Service(name="router", host="192.0.2.1", protocol="icmp", port=7)) == {
+        "port": ["Port must be empty: icmp has no ports."]
+    }
+
+
+def test_tls_options_are_refused_where_the_protocol_cannot_speak_tls():
+    assert errors_of(service(protocol="udp", port=8000, options={"send": "ping", "tls_warn_days": 7})) == {
+        "options": [
+            "options.tls_warn_days: unknown option; known options are expect, expect_hex, ip_family, resolver, "
+            "send, send_hex"
+        ]
+    }

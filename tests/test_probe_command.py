@@ -115,7 +115,7 @@ def test_its_nagios_line_carries_status_and_perfdata(banner_server):
         (["gopher://example.test"], "unknown URL scheme gopher:"),
         (["tcp://127.0.0.1"], "tcp URLs need a port"),
         (["smtp://127.0.0.1:99999"], "must be a number from 1 to 65535"),
-        (["https://127.0.0.1", "--starttls"], "--starttls applies to smtp, pop3 and imap URLs, not https"),
+        (["https://127.0.0.1", "--starttls"], "URLs, not https"),
         (["smtps://127.0.0.1", "--starttls"], "--starttls cannot be combined with smtps"),
         (["smtp://127.0.0.1", "--keyword", "x"], "--keyword does not apply to smtp URLs"),
         (["smtp://127.0.0.1", "--warn-days", "-3"], "--warn-days: must be between 0 and 3650 days"),
@@ -178,3 +178,49 @@ async def test_its_summary_shows_each_hop_of_a_redirect_with_its_certificate(cer
         ["hop", "1", "302", first.url("/"), "127.0.0.1"],
         ["hop", "2", "200", f"https://localhost:{final.port}/", "127.0.0.1"],
     ], run.stdout
+
+
+LOGIN = ("--username", "alice", "--password-env")
+
+
+def test_it_takes_a_login_from_flags_and_the_environment_and_refuses_to_send_it_in_clear(banner_server):
+    port = banner_server()
+    secret = "hunter2-not-on-the-command-line"
+    run = subprocess.run(
+        [sys.executable, "manage.py", "probe", f"pop3://127.0.0.1:{port}", "--json", *LOGIN, "POP_PASSWORD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "POP_PASSWORD": secret},
+    )
+    result = json.loads(run.stdout)
+    assert run.returncode == 3  # nothing was measured: the password would have crossed in clear text
+    assert (result["status"], result["failure"]) == ("unknown", "config_error")
+    assert "refusing to send the password without TLS" in result["reason"]
+    assert secret not in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pop3://127.0.0.1", "--username", "a", "--password-env", "PORTWATCH_NO_SUCH_VAR"], "no such environment"),
+        (["https://127.0.0.1", "--username", "alice"], "--username does not apply to https URLs"),
+        (["udp://127.0.0.1:9", "--count", "3"], "--count does not apply to udp URLs"),
+        (["icmp://127.0.0.1", "--sni", "x"], "--sni does not apply to icmp URLs"),
+        (["ftp://127.0.0.1/some/path"], "ftp URLs take no path or query"),
+        (["mysql://bob:pw@127.0.0.1"], "'mysql://bob:***@127.0.0.1': a password in a URL ends up in shell history"),
+    ],
+)
+def test_it_says_which_flags_and_url_parts_a_protocol_does_not_take(args, message):
+    run = probe(*args)
+    assert run.returncode == 3
+    assert message in run.stdout
+
+
+def test_its_help_names_the_protocols_each_flag_applies_to():
+    run = probe("--help")
+    text = " ".join(run.stdout.split())
+    assert "--count N icmp:" in text
+    assert "--expect EXPECT fastcgi:" in text and "telnet:" in text and "udp:" in text
+    assert "--username USER ftp, imap, mysql, pop3, smtp:" in text

@@ -279,8 +279,9 @@ def test_an_unknown_key_in_an_entry_is_named(tmp_path):
     error = import_error(tmp_path, "services:\n  - {name: web, host: example.com, protocl: http}\n")
     assert error == (
         "services[0] \"web\": unknown key 'protocl'; the keys are name, host, port, protocol, tls_mode, interval, "
-        "timeout, enabled, tags, locations, failure_threshold, recovery_threshold, options, depends_on, "
-        "alert_quorum, reminder_minutes, degraded_latency, degraded_checks, certificate_warn_days.\n"
+        "timeout, enabled, tags, locations, failure_threshold, recovery_threshold, options, login_password, "
+        "depends_on, alert_quorum, reminder_minutes, degraded_latency, degraded_checks, certificate_warn_days, "
+        "login_password_env.\n"
         'services[0] "web": protocol is required.'
     )
 

@@ -92,8 +92,8 @@ def make_everything() -> None:
 
 EXPORTED = """\
 # Portwatch services. Import with `manage.py import_services FILE`; values left out take their defaults.
-# Channel secrets (url, secret) are never exported: to import elsewhere, add `url_env: NAME` (read from the
-# environment) or `url:`. Left out, an existing channel keeps its stored secrets.
+# Secrets (a channel's url and secret, a service's login_password) are never exported: to import elsewhere,
+# add `url_env: NAME` (read from the environment) or `url:`. Left out, an existing row keeps its stored ones.
 services:
 - name: db
   host: 127.0.0.1

@@ -15,7 +15,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from dashboard import badges, charts, checks, detail
+from dashboard import badges, charts, checks, detail, exposure
 from dashboard.access import MANUAL_PROBE_WINDOW, MANUAL_PROBES_PER_WINDOW, allow, editor_required, viewer_required
 from dashboard.views.maintenance import badge as maintenance_badge
 from monitor.alerting.maintenance import covering
@@ -49,7 +49,7 @@ def service_detail(request: HttpRequest, service_id: int) -> HttpResponse:
 def check_now(request: HttpRequest, service_id: int) -> HttpResponse:
     service = get_object_or_404(Service, pk=service_id)
     if allow(request):
-        context, status = {"check": _check(checks.probe_service(service))}, 200
+        context, status = {"check": _check(service, checks.probe_service(service))}, 200
     else:
         context, status = {"check": {"error": TOO_MANY}}, 429
     if request.headers.get("X-Requested-With") == "fetch":
@@ -57,9 +57,9 @@ def check_now(request: HttpRequest, service_id: int) -> HttpResponse:
     return render(request, "dashboard/detail.html", _page(request, service, timezone.now()) | context, status=status)
 
 
-def _check(result: Result) -> dict[str, Any]:
+def _check(service: Service, result: Result) -> dict[str, Any]:
     now = timezone.now()
-    greeting, truncated = detail.greeting_text(result.banner, result.details)
+    greeting, truncated = detail.greeting_text(service.protocol, result.banner, result.details)
     return {
         "result": result,
         "at": now,
@@ -67,6 +67,7 @@ def _check(result: Result) -> dict[str, Any]:
         "certificate": detail.certificate(result.tls.to_dict(), now) if result.tls else None,
         "greeting": greeting,
         "truncated": truncated,
+        "greeting_limit": detail.MAX_GREETING_BYTES,
     }
 
 
@@ -127,8 +128,9 @@ def _page(request: HttpRequest, service: Service, now: dt.datetime) -> dict[str,
         "days_start": days[0].start,
         "days_end": days[-1].start,
         "certificates": detail.certificates(states, now),
-        "greetings": detail.greetings(states, context["results"]),
+        "greetings": detail.greetings(service.protocol, states, context["results"]),
         "greeting_limit": detail.MAX_GREETING_BYTES,
+        "exposure": exposure.panel(service),
         "incidents": detail.incidents(service),
         "alerts": detail.alerts(service),
         "problem": detail.open_problem(service),

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
-from monitor import validation
-from monitor.probes import PROTOCOLS, ConnectionOptions, OptionsError, Target, parse_options, standard_port
+from monitor import secrets, validation
+from monitor.probes import PROTOCOLS, ConnectionOptions, OptionsError, Target, standard_port
+from monitor.probes.options import LoginOptions
+from monitor.probes.protocols import choices as protocol_choices
 
-PROTOCOL_CHOICES = [(key, key.upper()) for key in PROTOCOLS]
+UNREADABLE = "\x00cannot be read"  # a stored password the secrets key no longer decrypts; no password equals it
 TLS_MODE_CHOICES = [("none", "None"), ("starttls", "STARTTLS"), ("implicit", "Implicit TLS")]
 DEFAULT_INTERVAL = 60
 DEFAULT_TIMEOUT = 10.0
@@ -45,6 +47,22 @@ class LocationsField(TagsField):
     what = "Locations"
 
 
+class ProtocolField(models.CharField):
+    """The protocol key; its choices and its error message come from the registry when asked for."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 16)
+        kwargs["choices"] = protocol_choices
+        super().__init__(*args, **kwargs)
+
+    def validate(self, value: Any, model_instance: models.Model | None) -> None:
+        if value and value not in PROTOCOLS:
+            raise ValidationError(
+                f"Protocol must be one of {', '.join(PROTOCOLS)}, not {value!r}.", code="invalid_choice"
+            )
+        super().validate(value, model_instance)
+
+
 def _choice_error(field: str, choices: list[tuple[str, str]]) -> dict[str, str]:
     allowed = ", ".join(key for key, _ in choices)
     return {"invalid_choice": f"{field} must be one of {allowed}, not %(value)r."}
@@ -63,9 +81,8 @@ class Service(models.Model):
         validators=[validation.validate_port],
         help_text="Empty means the protocol's standard port, e.g. 25 for SMTP or 993 for IMAPS.",
     )
-    protocol = models.CharField(
-        max_length=16, choices=PROTOCOL_CHOICES, error_messages=_choice_error("Protocol", PROTOCOL_CHOICES)
-    )
+    # Choices are read from the protocol registry when asked for, so a new protocol needs no migration.
+    protocol = ProtocolField()
     tls_mode = models.CharField(
         "TLS mode",
         max_length=16,
@@ -86,6 +103,10 @@ class Service(models.Model):
     enabled = models.BooleanField(default=True)
     tags = TagsField(max_length=200, blank=True, default="", help_text="Comma-separated, e.g. mail, production.")
     options = models.JSONField(default=dict, blank=True)
+    # The password of a login check (pop3, imap, smtp AUTH, ftp, mysql) as a Fernet token: never in `options`,
+    # never exported or shown back. Decrypted only by probe_options(), so a key that no longer reads it fails
+    # that one service's probes (config_error), not every page and worker that loads services.
+    login_password_encrypted = models.TextField(blank=True, default="", editable=False)
     locations = LocationsField(
         max_length=200,
         blank=True,
@@ -193,21 +214,30 @@ class Service(models.Model):
 
     def _protocol_errors(self) -> dict[str, str]:
         errors: dict[str, str] = {}
-        modes = PROTOCOLS[self.protocol].TLS_MODES
+        protocol = PROTOCOLS[self.protocol]
+        modes = protocol.tls_modes
         if self.tls_mode not in modes and self.tls_mode in dict(TLS_MODE_CHOICES):
             errors["tls_mode"] = (
                 f"TLS mode for {self.protocol} must be one of {', '.join(modes)}, not {self.tls_mode!r}."
             )
-        elif self.tls_mode in modes and self.port is None and standard_port(self.protocol, self.tls_mode) is None:
+        elif not protocol.needs_port:
+            if self.port is not None:
+                errors["port"] = f"Port must be empty: {self.protocol} has no ports."
+        elif self.tls_mode in modes and self.port is None and protocol.standard_port(self.tls_mode) is None:
             errors["port"] = f"Port is required: {self.protocol} has no standard port."
+        if self.login_password_encrypted and not issubclass(protocol.options, LoginOptions):
+            errors[NON_FIELD_ERRORS] = f"{protocol.label} has no login check; remove the login password."
         if not isinstance(self.options, dict):
             errors["options"] = (
                 'Options must be a JSON object of option names and values, such as {"tls_warn_days": 7}, '
                 f"not {type(self.options).__name__}."
             )
             return errors
+        if "password" in self.options:
+            errors["options"] = "options.password: set the login password in its own field, where it is encrypted."
+            return errors
         try:
-            parsed = parse_options(self.protocol, self.options)
+            parsed = PROTOCOLS[self.protocol].parse_options(self.options)
         except OptionsError as error:
             errors["options"] = f"options.{error.field}: {error.message}"
         else:
@@ -216,6 +246,9 @@ class Service(models.Model):
 
     def effective_port(self) -> int:
         """Return the port to connect to: the one set, else the protocol's standard port."""
+        protocol = PROTOCOLS.get(self.protocol)
+        if protocol is not None and not protocol.needs_port:
+            return 0
         port = self.port or standard_port(self.protocol, self.tls_mode)
         if port is None:
             raise ValueError(f"service {self.name!r} has no port and {self.protocol} has no standard port")
@@ -225,8 +258,45 @@ class Service(models.Model):
         return Target(self.host, self.effective_port(), self.tls_mode)
 
     def probe_options(self) -> ConnectionOptions:
-        """Return the protocol's typed options; raise OptionsError if the stored ones no longer parse."""
-        return parse_options(self.protocol, self.options)
+        """Return the protocol's typed options, with the decrypted login password; raise OptionsError if they no
+        longer parse."""
+        protocol = PROTOCOLS.get(self.protocol)
+        if protocol is None:
+            raise OptionsError("protocol", f"unknown protocol {self.protocol!r}; known: {', '.join(PROTOCOLS)}")
+        raw = dict(self.options or {})
+        if self.login_password_encrypted:
+            if not issubclass(protocol.options, LoginOptions):
+                raise OptionsError("login_password", f"{self.protocol} has no login check to use a password")
+            try:
+                raw["password"] = secrets.decrypt(self.login_password_encrypted)
+            except secrets.DecryptionError as error:
+                raise OptionsError("login_password", f"cannot be read: {error}") from None
+        return protocol.parse_options(raw)
+
+    def set_login_password(self, password: str | None) -> None:
+        """Store `password` encrypted (None or empty removes it); save() writes it."""
+        self.login_password_encrypted = secrets.encrypt(password) if password else ""
+
+    @property
+    def login_password(self) -> str:
+        """Return the decrypted login password ("" when none), or UNREADABLE when the key no longer reads it.
+
+        For the services file, which compares and sets secrets by name; keep it out of logs and pages.
+        """
+        if not self.login_password_encrypted:
+            return ""
+        try:
+            return secrets.decrypt(self.login_password_encrypted)
+        except secrets.DecryptionError:
+            return UNREADABLE
+
+    @login_password.setter
+    def login_password(self, password: str | None) -> None:
+        self.set_login_password(password)
+
+    @property
+    def has_login_password(self) -> bool:
+        return bool(self.login_password_encrypted)
 
     @property
     def tag_list(self) -> list[str]:

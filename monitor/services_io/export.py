@@ -16,8 +16,8 @@ from monitor.services_io.sections import CHANNELS, MAINTENANCE, SERVICES, Sectio
 MAP_TAG, SEQ_TAG = "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 HEADER = "# Portwatch services. Import with `manage.py import_services FILE`; values left out take their defaults.\n"
 SECRETS_NOTE = (
-    "# Channel secrets (url, secret) are never exported: to import elsewhere, add `url_env: NAME` (read from the\n"
-    "# environment) or `url:`. Left out, an existing channel keeps its stored secrets.\n"
+    "# Secrets (a channel's url and secret, a service's login_password) are never exported: to import elsewhere,\n"
+    "# add `url_env: NAME` (read from the environment) or `url:`. Left out, an existing row keeps its stored ones.\n"
 )
 
 

@@ -105,6 +105,7 @@ SERVICE_KINDS: dict[str, Kind] = {
     "failure_threshold": WHOLE,
     "recovery_threshold": WHOLE,
     "options": Kind((dict,), "a mapping of option names to values, such as {tls_warn_days: 7}"),
+    "login_password": TEXT,
     "depends_on": NAMES,
     "alert_quorum": WHOLE,
     "reminder_minutes": MINUTES_OR_EMPTY,
@@ -166,6 +167,7 @@ class Section:
     shown: tuple[str, ...]  # also always written, though they have a default: a channel's kind
     references: dict[str, str] = field(default_factory=dict)  # key: the section whose names it holds
     secrets: tuple[str, ...] = ()  # never exported; `<key>_env` names a variable holding one
+    required_secrets: tuple[str, ...] = ()  # a new row must be given these
     prefix: str = ""  # before the name in the plan's lines: "channel ops"
 
     @property
@@ -185,6 +187,7 @@ SERVICES = Section(
     required=("name", "host", "protocol"),
     shown=(),
     references={"depends_on": "services"},
+    secrets=("login_password",),
 )
 CHANNELS = Section(
     key="channels",
@@ -196,6 +199,7 @@ CHANNELS = Section(
     shown=("kind",),
     references={"services": "services", "escalate_to": "channels"},
     secrets=("url", "secret"),
+    required_secrets=("url",),
     prefix="channel ",
 )
 MAINTENANCE = Section(

@@ -174,7 +174,7 @@ def _type_problem(key: str, kind: Kind, value: Any, *, shown: bool = True) -> st
 def _set_secrets(section: Section, row: models.Model, entry: dict[str, Any]) -> list[str]:
     """Set each secret from the file or its environment variable; left out, keep the stored one.
 
-    A new row has nothing stored: without `url` it is an error, other secrets take their default.
+    A new row has nothing stored: without a required secret (a channel's `url`) it is an error.
     """
     problems = []
     for secret in section.secrets:
@@ -186,7 +186,7 @@ def _set_secrets(section: Section, row: models.Model, entry: dict[str, Any]) -> 
             setattr(row, secret, os.environ[variable])
         elif secret in entry:
             setattr(row, secret, entry[secret])
-        elif row.pk is None and not section.model._meta.get_field(secret).has_default():
+        elif row.pk is None and secret in section.required_secrets:
             problems.append(f"{secret} is required for a new {section.noun}: give {secret} or {secret}_env.")
     return problems
 

@@ -17,7 +17,8 @@ from monitor import tasks
 from monitor.alerting import certificates, conditions, notifier
 from monitor.daemon.recording import Outcome, record
 from monitor.models import CertificateWarning, Channel, Problem, Service, Watermark, WorkerHeartbeat
-from monitor.probes import Failure, Phases, Result, Status, Target, http, run_probe
+from monitor.probes import Failure, Phases, Result, Status, Target, run_probe
+from monitor.probes.protocols import http
 from tests.alerting.conftest import at_once
 from tests.peers.http_server import HTTPServer, Reply
 

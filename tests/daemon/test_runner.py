@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import time
 
@@ -86,7 +87,7 @@ def test_a_prober_that_raises_is_recorded_as_internal_error_and_the_batch_surviv
     async def broken(target, options, *, deadline):
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(probes.PROBERS, "pop3", broken)
+    monkeypatch.setitem(probes.PROTOCOLS, "pop3", dataclasses.replace(probes.PROTOCOLS["pop3"], probe=broken))
     buggy = make_service("buggy", servers.ports[0], protocol="pop3", options={})
     fine = make_service("fine", servers.ports[1])
     assert run_checks(claims_for([buggy, fine], dt.datetime.now(dt.UTC))) == 2

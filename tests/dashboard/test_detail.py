@@ -469,7 +469,7 @@ def test_the_greeting_stays_after_the_server_stopped_answering(viewer):
 
 
 def test_a_greeting_is_cut_at_4_kb():
-    text, truncated = detail.greeting_text("220 ok", {"capabilities": ["X" * 100] * 100})
+    text, truncated = detail.greeting_text("imap", "* OK ok", {"capabilities": ["X" * 100] * 100})
     assert truncated and len(text.encode()) == detail.MAX_GREETING_BYTES
 
 

@@ -35,6 +35,11 @@ def filled(client, url: str) -> dict:
             {"protocol": "imap", "tls_mode": "implicit", "host": "imap.example.com", "port": 993},
         ),
         ("tcp://10.0.0.5:6379", {"protocol": "tcp", "tls_mode": "none", "host": "10.0.0.5", "port": 6379}),
+        ("ftps://files.example.com", {"protocol": "ftp", "tls_mode": "implicit", "port": 990}),
+        ("mysql://monitor@db.example.com", {"protocol": "mysql", "port": 3306, "options": {"username": "monitor"}}),
+        ("icmp://router.example.com", {"protocol": "icmp", "host": "router.example.com", "port": None}),
+        ("tftp://pxe.example.com/pxelinux.0", {"protocol": "tftp", "port": 69, "options": {"filename": "pxelinux.0"}}),
+        ("fastcgi://127.0.0.1:9001/ping", {"protocol": "fastcgi", "port": 9001, "options": {"path": "/ping"}}),
     ],
 )
 def test_a_url_fills_protocol_tls_mode_host_and_port(editor, url, expected):
@@ -70,7 +75,7 @@ def test_the_filled_options_are_shown_as_json_in_the_options_box(editor):
 @pytest.mark.parametrize(
     ("url", "error"),
     [
-        ("gopher://example.test", "unknown URL scheme gopher:; use one of: tcp, tls, smtp,"),
+        ("gopher://example.test", "unknown URL scheme gopher:; use one of: dhcp, dns,"),
         (
             "smtp://mail.example.com:99999",
             "the port in 'smtp://mail.example.com:99999' must be a number from 1 to 65535",
@@ -99,8 +104,16 @@ def test_a_bad_url_is_shown_escaped(editor):
     assert "&lt;script&gt;alert(1)" in html
 
 
-def test_a_filled_form_saves_as_the_url_describes(editor):
-    initial = filled(editor, "submission://mail.example.com")
+@pytest.mark.parametrize(
+    ("url", "saved"),
+    [
+        ("submission://mail.example.com", ("smtp", "starttls", "mail.example.com", 587)),
+        ("icmp://router.example.com", ("icmp", "none", "router.example.com", 0)),
+        ("telnet://switch.example.com", ("telnet", "none", "switch.example.com", 23)),
+    ],
+)
+def test_a_filled_form_saves_as_the_url_describes(editor, url, saved):
+    initial = filled(editor, url)
     data = {key: "" if value is None else value for key, value in initial.items()}
     data |= {"options": json.dumps(initial["options"]), "interval": 60, "timeout": 10, "enabled": "on"}
     data |= {"failure_threshold": 2, "recovery_threshold": 1, "action": "save"}
@@ -108,12 +121,7 @@ def test_a_filled_form_saves_as_the_url_describes(editor):
     editor.post("/services/new", data)
 
     service = Service.objects.get()
-    assert (service.protocol, service.tls_mode, service.host, service.effective_port()) == (
-        "smtp",
-        "starttls",
-        "mail.example.com",
-        587,
-    )
+    assert (service.protocol, service.tls_mode, service.host, service.effective_port()) == saved
 
 
 def test_the_url_box_is_only_on_the_add_page(editor):
