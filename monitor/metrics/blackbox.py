@@ -6,11 +6,16 @@ with `FAMILIES` (name -> help, labels), which both `series()` and the /metrics c
 share every value's meaning. Plain Python: no Django.
 
 Decisions:
-- Which series an answer has follows blackbox's prober (tcp, http, dns), not Portwatch's protocol: an
+- Which series an answer has follows blackbox's prober (tcp, http, dns, icmp), not Portwatch's protocol: an
   smtp_starttls module is a tcp prober in Prometheus's eyes. Names, types and help texts are blackbox's.
 - Values keep blackbox's meaning: timestamps in whole Unix seconds; probe_ip_addr_hash is FNV-1a over
   the address's 4 or 16 bytes; TLS versions read "TLS 1.3" and ciphers carry their IANA names, as Go
   prints them; subjectalternative lists the DNS names only.
+- icmp: probe_icmp_duration_seconds has blackbox's phases resolve, setup (making the socket: the engine's
+  connect phase) and rtt. blackbox sends one echo request; a stored service may send `count`, so rtt is
+  their average round trip (details' rtt_avg), 0 when no reply came, as blackbox leaves it.
+  probe_icmp_reply_hop_limit is left out: the engine does not record the reply's TTL or hop limit, and
+  blackbox itself leaves the family out when its socket cannot tell.
 - Certificate series come with every TLS handshake that showed a certificate, also when verification
   failed (blackbox shows nothing then: its #1119). For HTTP they are the final hop's, as blackbox's.
 - What the engine did not record is NaN or empty, never a made-up 0: a state stored before the engine kept
@@ -34,7 +39,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from monitor.probes import Failure, Phases, Result
-from monitor.probes.dns import MAX_ANSWERS
+from monitor.probes.protocols.dns import MAX_ANSWERS
 
 HTTP_PHASES = ("resolve", "connect", "tls", "processing", "transfer")
 NAN = math.nan
@@ -89,6 +94,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "probe_dns_authority_rrs": ("Returns number of entries in the authority resource record list", ()),
     "probe_dns_additional_rrs": ("Returns number of entries in the additional resource record list", ()),
     "probe_dns_query_succeeded": ("Displays whether or not the query was executed successfully", ()),
+    "probe_icmp_duration_seconds": ("Duration of icmp request by phase", ("phase",)),
     "probe_ssl_earliest_cert_expiry": ("Returns last SSL chain expiry in unixtime", ()),
     "probe_ssl_last_chain_expiry_timestamp_seconds": ("Returns last SSL chain expiry in timestamp", ()),
     "probe_ssl_last_chain_info": (
@@ -142,7 +148,7 @@ def exposition(metrics: Iterable[Metric]) -> bytes:
 
 
 def samples(
-    prober: str,
+    prober: str | None,
     *,
     ok: bool,
     failure: str | None,
@@ -164,8 +170,13 @@ def samples(
         found += tcp(failure, tls)
     elif prober == "dns":
         found += dns(details, phases)
+    elif prober == "icmp":
+        found += icmp(details, phases)
     found += portwatch(phases, failure)
     return found
+
+
+DETAILED_PROBERS = ("http", "dns", "icmp")  # the probers whose families read the probe's details
 
 
 def common(ok: bool, phases: Mapping[str, float], address: str) -> list[Sample]:
@@ -224,6 +235,19 @@ def dns(details: Mapping[str, Any], phases: Mapping[str, float]) -> list[Sample]
         ("probe_dns_authority_rrs", (), details.get("authority_rrs", NAN) if answered else 0),
         ("probe_dns_additional_rrs", (), details.get("additional_rrs", NAN) if answered else 0),
         ("probe_dns_query_succeeded", (), 1 if answered else 0),
+    ]
+
+
+def icmp(details: Mapping[str, Any], phases: Mapping[str, float]) -> list[Sample]:
+    """Return the icmp prober's samples; rtt is the average of the replies' round trips, 0 without a reply.
+
+    No probe_icmp_reply_hop_limit: the engine does not record the TTL (hop limit) a reply arrived with, and a
+    made-up value would be worse than blackbox's own answer when its socket cannot tell, which leaves it out.
+    """
+    return [
+        ("probe_icmp_duration_seconds", ("resolve",), phases.get("resolve", 0.0)),
+        ("probe_icmp_duration_seconds", ("setup",), phases.get("connect", 0.0)),
+        ("probe_icmp_duration_seconds", ("rtt",), details.get("rtt_avg", 0.0)),
     ]
 
 

@@ -12,13 +12,17 @@ Decisions:
 - blackbox's preferred_ip_protocol (ip6 by default) with its fallback on maps to "any", where Portwatch
   tries IPv4 first and then IPv6; with the fallback off, to that family only.
 - As in blackbox: a target without a scheme is http://; DNS query_type defaults to ANY and valid_rcodes
-  to NOERROR; a tcp or dns target is host:port (dns: port 53 by default).
+  to NOERROR; a tcp or dns target is host:port (dns: port 53 by default); an icmp target is a bare host.
+- An icmp module sends one echo request, as blackbox does (its #115), with blackbox's 28-byte payload
+  unless payload_size says otherwise. What Portwatch's ICMP socket cannot set (dont_fragment true, ttl,
+  source_ip_address) is refused: the module would pass without the check it asks for.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -34,8 +38,8 @@ from monitor.probes import ConnectionOptions, OptionsError, Target, parse_option
 
 __all__ = ["Module", "ModuleError", "Modules", "ModulesFileError", "load", "parse_duration"]
 
-PROBERS = ("tcp", "http", "dns")  # blackbox's probers that Portwatch speaks
-OTHER_PROBERS = ("icmp", "grpc")  # blackbox's, not Portwatch's
+PROBERS = ("tcp", "http", "dns", "icmp")  # blackbox's probers that Portwatch speaks
+OTHER_PROBERS = ("grpc",)  # blackbox's, not Portwatch's
 MODULE_KEYS = ("prober", "timeout", *PROBERS, *OTHER_PROBERS)
 TCP_KEYS = ("query_response", "tls", "tls_config", "preferred_ip_protocol", "ip_protocol_fallback")
 HTTP_KEYS = (
@@ -60,10 +64,27 @@ DNS_KEYS = (
     "preferred_ip_protocol",
     "ip_protocol_fallback",
 )
+ICMP_KEYS = (
+    "preferred_ip_protocol",
+    "ip_protocol_fallback",
+    "payload_size",
+    "dont_fragment",
+    "ttl",
+    "source_ip_address",
+)
+BLACKBOX_PAYLOAD_SIZE = 28  # len("Prometheus Blackbox Exporter"), what blackbox sends when payload_size is 0
+# icmp options Portwatch's socket cannot honour -> why; refused when set to anything but blackbox's default.
+ICMP_REFUSED = {
+    "dont_fragment": "Portwatch cannot set the don't-fragment flag, so a path MTU check would pass untested; "
+    "leave it out or false",
+    "ttl": "Portwatch sends with the system's TTL (hop limit) and cannot set another; leave it out or 0",
+    "source_ip_address": "Portwatch sends from the address the system's routing picks and cannot bind another",
+}
 TLS_CONFIG_KEYS = {"insecure_skip_verify": "tls_verify", "server_name": "tls_server_name", "ca_file": "tls_ca_file"}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _HOST_PORT = re.compile(r"(\[[^\]]+\]|[^:\[\]/?#@\s]+):(\d+)")
+_HOST = re.compile(r"\[[^\]]+\]|[^:\[\]/?#@\s]+")
 
 
 class ModulesFileError(Exception):
@@ -75,7 +96,7 @@ class Module:
     """One blackbox module as Portwatch runs it."""
 
     name: str
-    prober: str  # blackbox's prober (tcp, http, dns): it decides which blackbox series an answer has
+    prober: str  # blackbox's prober (tcp, http, dns, icmp): it decides which blackbox series an answer has
     protocol: str  # Portwatch's protocol key
     tls_mode: str  # for http the target's scheme decides instead
     options: Mapping[str, Any]  # Portwatch's raw options, already checked with parse_options()
@@ -92,6 +113,8 @@ class Module:
                 if parsed.protocol != "http":
                     raise UsageError(f"module {self.name!r} probes http, so the target must be an http(s) URL")
                 tls_mode = parsed.tls_mode
+            elif self.prober == "icmp":
+                parsed, tls_mode = parse_url(f"icmp://{_bare_host(text, self.name)}"), "none"
             else:
                 if not _HOST_PORT.fullmatch(text) and not (self.prober == "dns" and "/" not in text):
                     raise UsageError(f"module {self.name!r} uses the {self.prober} prober, so the target is host:port")
@@ -172,6 +195,9 @@ def map_module(name: str, raw: Any) -> Module:
     elif prober == "dns":
         protocol, tls_mode, expects = "dns", "none", ()
         _dns(body, where, options, origins)
+    elif prober == "icmp":
+        protocol, tls_mode, expects = "icmp", "none", ()
+        _icmp(body, where, options, origins)
     else:
         protocol, tls_mode, expects = _tcp(body, where, options, origins)
     _options(name, protocol, options, origins)  # refused now, not at the first scrape
@@ -259,6 +285,32 @@ def _dns(body: Mapping, where: str, options: dict, origins: dict) -> None:
     _set(options, origins, "transport", str(transport), f"{where}.transport_protocol")
     if not _bool(body.get("recursion_desired", True), f"{where}.recursion_desired"):
         raise ModuleError(f"{where}.recursion_desired: Portwatch always asks for recursion; leave it out or true")
+
+
+def _icmp(body: Mapping, where: str, options: dict, origins: dict) -> None:
+    if "hop_limit" in body:  # a name people try: blackbox's ttl is the IPv6 hop limit too
+        raise ModuleError(f"{where}.hop_limit: not a blackbox option (its ttl sets the hop limit); Portwatch sets none")
+    _known(body, ICMP_KEYS, f"{where}.", "Portwatch maps")
+    for key, reason in ICMP_REFUSED.items():
+        if body.get(key) not in (None, False, 0, ""):  # blackbox's defaults: not set
+            raise ModuleError(f"{where}.{key}: {reason}")
+    _ip_family(body, where, options, origins)
+    size = body.get("payload_size") or BLACKBOX_PAYLOAD_SIZE
+    if not isinstance(size, int) or isinstance(size, bool):
+        raise ModuleError(f"{where}.payload_size: must be a number of bytes, not {size!r}")
+    _set(options, origins, "payload_size", size, f"{where}.payload_size")
+    _set(options, origins, "count", 1, where)  # one echo request, as blackbox sends (its #115)
+
+
+def _bare_host(text: str, module: str) -> str:
+    """Return an icmp target as a URL's host part (an IPv6 literal in brackets); raise UsageError for host:port."""
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        if _HOST.fullmatch(text):
+            return text
+        raise UsageError(f"module {module!r} uses the icmp prober, so the target is a host without a port") from None
+    return f"[{text}]"
 
 
 def _ip_family(body: Mapping, where: str, options: dict, origins: dict) -> None:

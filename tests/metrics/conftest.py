@@ -1,4 +1,5 @@
-"""/probe fixtures: a modules file naming the session's test CA, the metrics token, and a scrape helper.
+"""/probe fixtures: a modules file naming the session's test CA, the metrics token, a scrape helper, and Debian's
+real blackbox_exporter (`exporter`) reading the same modules, to compare answers with.
 
 `scrape(module, target, **headers)` asks /probe through Django's async test client, so the servers
 the test runs on its own event loop keep answering while the view runs its probe in a thread.
@@ -7,6 +8,9 @@ the test runs on its own event loop keep answering while the view runs its probe
 
 from __future__ import annotations
 
+import contextlib
+import shutil
+import socket
 import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -16,7 +20,12 @@ from django.http import HttpResponse
 from django.test import AsyncClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import need
+from tests.peers.services import free_port, wait_until
+
 TOKEN = "a-test-token-for-metrics"
+EXPORTER = shutil.which("prometheus-blackbox-exporter")
+START_WAIT = 15.0  # seconds for the exporter to listen
 
 MODULES = """
 modules:
@@ -85,6 +94,11 @@ modules:
       query_type: A
   icmp:
     prober: icmp
+    timeout: 5s
+  icmp_df:
+    prober: icmp
+    icmp:
+      dont_fragment: true
   http_api_key:
     prober: http
     http:
@@ -169,3 +183,31 @@ def processes() -> Iterator[Processes]:
         yield children
     finally:
         children.stop()
+
+
+@pytest.fixture
+def exporter(modules_file: Path) -> Iterator[str]:
+    """Run prometheus-blackbox-exporter on a free loopback port with the test's modules; yield its address."""
+    need(EXPORTER is not None, "prometheus-blackbox-exporter is not installed (apt-get install it, as .ci/run does)")
+    port = free_port()
+    log = open(modules_file.parent / "blackbox.log", "wb")  # noqa: SIM115 - the child holds it
+    command = [EXPORTER, f"--config.file={modules_file}", f"--web.listen-address=127.0.0.1:{port}"]
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    try:
+        wait_until(lambda: _accepts(port) or process.poll() is not None, timeout=START_WAIT, what="the exporter")
+        assert process.poll() is None, (modules_file.parent / "blackbox.log").read_text()
+        yield f"127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=10)
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0

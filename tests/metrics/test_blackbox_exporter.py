@@ -9,29 +9,17 @@ Debian's version (0.23), may be extra.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import shutil
 import socket
-import subprocess
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import need
 from tests.metrics.conftest import parse
 from tests.peers.dns_server import DNSServer
 from tests.peers.http_server import HTTPServer, Reply
-from tests.peers.services import free_port, wait_until
 from tests.peers.smtp_server import smtp_server
-
-EXPORTER = shutil.which("prometheus-blackbox-exporter")
-START_WAIT = 15.0  # seconds for the exporter to listen
-
 
 # Values that do not depend on timing: they must be equal in both answers.
 SAME_VALUES = {
@@ -63,28 +51,6 @@ TIMINGS = {
 NOT_RECORDED: set[str] = set()  # series the engine keeps nothing for (NaN); none since it counts DNS sections
 NEWER_THAN_DEBIAN = {"probe_tls_cipher_info"}  # blackbox 0.28 has it; Debian 12's 0.23 does not
 NEWER_LABELS = {"probe_ssl_last_chain_info": {"serialnumber"}}  # blackbox 0.28's; empty here (not recorded)
-
-
-@pytest.fixture
-def exporter(modules_file: Path) -> Iterator[str]:
-    """Run prometheus-blackbox-exporter on a free loopback port with the test's modules; yield its address."""
-    need(EXPORTER is not None, "prometheus-blackbox-exporter is not installed (apt-get install it, as .ci/run does)")
-    port = free_port()
-    log = open(modules_file.parent / "blackbox.log", "wb")  # noqa: SIM115 - the child holds it
-    command = [EXPORTER, f"--config.file={modules_file}", f"--web.listen-address=127.0.0.1:{port}"]
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    log.close()
-    try:
-        wait_until(lambda: _accepts(port) or process.poll() is not None, timeout=START_WAIT, what="the exporter")
-        assert process.poll() is None, (modules_file.parent / "blackbox.log").read_text()
-        yield f"127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.wait(timeout=10)
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
 
 
 async def test_both_answer_alike_for_every_prober(exporter, scrape, certs):
@@ -155,9 +121,3 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-def _accepts(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0

@@ -80,17 +80,57 @@ def test_a_dns_module_maps_blackbox_defaults():
     assert options.ip_family == "any"  # ip6 preferred with fallback: Portwatch tries both, IPv4 first
 
 
+def test_an_icmp_module_sends_one_echo_request_of_blackboxs_payload_to_a_bare_host():
+    mapped = module("prober: icmp\nicmp: {preferred_ip_protocol: ip4, ip_protocol_fallback: false, ttl: 0}")
+    target, options = mapped.request("192.0.2.1")
+
+    assert (mapped.prober, mapped.protocol, target) == ("icmp", "icmp", Target("192.0.2.1", 0, "none"))
+    assert (options.count, options.payload_size, options.ip_family) == (1, 28, "ipv4")
+    assert module("prober: icmp\nicmp: {payload_size: 1400}").request("::1")[1].payload_size == 1400
+    assert module("prober: icmp").request("::1")[0].host == "::1"  # an IPv6 literal needs no brackets
+
+
+@pytest.mark.parametrize("target", ["192.0.2.1:80", "[::1]:7", "http://192.0.2.1/", "a b"])
+def test_an_icmp_target_with_a_port_or_path_is_refused(target):
+    with pytest.raises(ModuleError) as caught:
+        module("prober: icmp").request(target)
+    assert (
+        str(caught.value)
+        == f"target {target!r}: module 'm' uses the icmp prober, so the target is a host without a port"
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("prober: icmp", "module 'm': prober icmp is not one Portwatch has; it probes with tcp, http, dns"),
+        ("prober: grpc", "module 'm': prober grpc is not one Portwatch has; it probes with tcp, http, dns, icmp"),
+        (
+            "prober: icmp\nicmp: {dont_fragment: true}",
+            "module 'm': icmp.dont_fragment: Portwatch cannot set the don't-fragment flag, so a path MTU check would "
+            "pass untested; leave it out or false",
+        ),
+        (
+            "prober: icmp\nicmp: {ttl: 5}",
+            "module 'm': icmp.ttl: Portwatch sends with the system's TTL (hop limit) and cannot set another; "
+            "leave it out or 0",
+        ),
+        (
+            "prober: icmp\nicmp: {source_ip_address: 192.0.2.7}",
+            "module 'm': icmp.source_ip_address: Portwatch sends from the address the system's routing picks",
+        ),
+        (
+            "prober: icmp\nicmp: {hop_limit: 3}",
+            "module 'm': icmp.hop_limit: not a blackbox option (its ttl sets the hop limit); Portwatch sets none",
+        ),
+        ("prober: icmp\nicmp: {payload_size: 9000}", "module 'm': icmp.payload_size: must be between 0 and 8972"),
+        ("prober: icmp\nicmp: {count: 3}", "module 'm': icmp.count: Portwatch cannot map this option"),
         ("prober: http\nhttp: {body: x}", "module 'm': http.body: Portwatch cannot map this option; Portwatch maps"),
         ("prober: http\nhttp: {enable_http2: true}", "module 'm': http.enable_http2: Portwatch speaks HTTP/1.1 only"),
         (
             "prober: http\nhttp: {tls_config: {cert_file: c.pem}}",
             "module 'm': http.tls_config.cert_file: Portwatch cannot map this option; it maps insecure_skip_verify,",
         ),
-        ("prober: http\nhttp: {method: PATCH}", "module 'm': http.method: must be one of GET, HEAD, POST, OPTIONS"),
+        ("prober: http\nhttp: {method: BAD METHOD}", "module 'm': http.method: must be a method name"),
         ("prober: dns\ndns: {}", "module 'm': dns.query_name: is required, as blackbox requires it"),
         (
             "prober: dns\ndns: {query_name: a.test, valid_rcodes: [NOERROR, NXDOMAIN]}",
@@ -115,11 +155,11 @@ def test_a_target_must_fit_the_prober():
 
 def test_one_broken_module_leaves_the_others_working(tmp_path):
     path = tmp_path / "blackbox.yml"
-    path.write_text("modules:\n  ok: {prober: tcp}\n  broken: {prober: icmp}\n")
+    path.write_text("modules:\n  ok: {prober: tcp}\n  broken: {prober: grpc}\n")
     modules = load(path)
 
     assert modules.get("ok").protocol == "tcp"
-    with pytest.raises(ModuleError, match="prober icmp is not one Portwatch has"):
+    with pytest.raises(ModuleError, match="prober grpc is not one Portwatch has"):
         modules.get("broken")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from monitor.metrics.query_response import ModuleError, map_steps, recorded, unmet
-from monitor.probes import Failure, Phases, Result, Status, tcp
+from monitor.probes import Failure, Phases, Result, Status
+from monitor.probes.protocols import tcp
 
 WHERE = "module 'm': tcp.query_response"
 SMTP = [

@@ -256,8 +256,9 @@ async def test_dns_with_an_unexpected_rcode_answered_but_failed(scrape):
     [
         ("nope", "127.0.0.1:1", "unknown module 'nope'; {path} has: banner_expect, dns_udp, http_2xx"),
         ("tcp_connect", "127.0.0.1", "target '127.0.0.1': module 'tcp_connect' uses the tcp prober, so the target"),
-        ("http_2xx", "ftp://example.com/", "target 'ftp://example.com/': unknown URL scheme ftp:"),
-        ("icmp", "127.0.0.1", "module 'icmp': prober icmp is not one Portwatch has; it probes with tcp, http, dns"),
+        ("http_2xx", "gopher://example.com/", "target 'gopher://example.com/': unknown URL scheme gopher:"),
+        ("icmp", "127.0.0.1:80", "target '127.0.0.1:80': module 'icmp' uses the icmp prober, so the target is a host"),
+        ("icmp_df", "127.0.0.1", "module 'icmp_df': icmp.dont_fragment: Portwatch cannot set the don't-fragment flag"),
         (
             "http_api_key",
             "http://127.0.0.1/",
