@@ -4,7 +4,8 @@ Exposes `Filters` (parsed from the query string), `summary()` (whole fleet, one 
 `services(filters)` (a queryset: filtering, sorting and counting happen in SQL), `matching(filters)`
 (the same, unsorted: what to count), `rows(services, now)` (the page's statuses, uptimes and
 sparklines, a fixed number of queries), `broken_channels(now)` (for the banner), `page_size()`, `STATUSES`,
-`SORTS` and `DEFAULT_SORT`.
+`SORTS` and `DEFAULT_SORT`; `exposure_counts()` (services revealing a version or a plaintext login, for the
+page's line under the summary; `Filters.exposure` lists them).
 
 Decisions:
 
@@ -45,6 +46,7 @@ from django.db.models.functions import Cast, Coalesce, ExtractHour
 
 from dashboard.severity import RANK, RANKED
 from dashboard.templatetags.portwatch import ms
+from monitor import exposure_report
 from monitor.alerting.health import channel_health
 from monitor.alerting.maintenance import in_maintenance
 from monitor.models import (
@@ -91,6 +93,7 @@ class Filters:
     tag: str = ""
     location: str = ""
     q: str = ""
+    exposure: str = ""  # "version" or "plaintext": services whose last probes revealed a version, or a plaintext login
     sort: str = DEFAULT_SORT
 
     @classmethod
@@ -98,13 +101,14 @@ class Filters:
         def text(name: str) -> str:
             return (query.get(name) or "").strip()[:MAX_FILTER_LENGTH]
 
-        status, protocol, sort = text("status"), text("protocol"), text("sort")
+        status, protocol, sort, exposure = text("status"), text("protocol"), text("sort"), text("exposure")
         return cls(
             status=status if status in RANK else "",
             protocol=protocol if protocol in PROTOCOLS else "",
             tag=text("tag").lower(),  # tags and locations are stored lowercase
             location=text("location").lower(),
             q=text("q"),
+            exposure=exposure if exposure in exposure_report.KINDS else "",
             sort=sort if sort.removeprefix("-") in SORTS else DEFAULT_SORT,
         )
 
@@ -115,7 +119,7 @@ class Filters:
     @property
     def active(self) -> bool:
         """Return whether anything narrows the list (sorting does not)."""
-        return bool(self.status or self.protocol or self.tag or self.location or self.q)
+        return bool(self.status or self.protocol or self.tag or self.location or self.q or self.exposure)
 
 
 # --- SQL: per-service values from the ServiceSummary rows ----------------------------------------
@@ -174,6 +178,8 @@ def matching(filters: Filters) -> QuerySet[Service]:
         found = found.filter(where | Q(locations="") if filters.location == DEFAULT_LOCATION else where)
     if filters.q:
         found = found.filter(Q(name__icontains=filters.q) | Q(host__icontains=filters.q))
+    if filters.exposure:  # assessed in Python (monitor.exposure's rules), from one query on the states
+        found = found.filter(pk__in=exposure_report.exposed_ids(filters.exposure))
     return found
 
 
@@ -188,6 +194,11 @@ def _sorted(found: QuerySet[Service], sort: str) -> QuerySet[Service]:
     expression = SUMMARY_SORTS[key]()
     ordered = expression.desc(nulls_last=True) if descending else expression.asc(nulls_last=True)
     return found.order_by(ordered, "name")
+
+
+def exposure_counts() -> dict[str, int]:
+    """Return {"version": services revealing a version, "plaintext": services offering plaintext login} (one query)."""
+    return exposure_report.counts()
 
 
 def summary() -> dict[str, int]:

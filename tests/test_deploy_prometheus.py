@@ -93,6 +93,8 @@ CONTRACT = frozenset(
         "portwatch_probes_total",
         # alerting
         "portwatch_maintenance",
+        "portwatch_exposure_version_revealed",
+        "portwatch_exposure_plaintext_login",
         "portwatch_alert_channel_healthy",
         "portwatch_alert_notifications",
         "portwatch_alert_delivery_attempts_total",

@@ -18,11 +18,12 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import Truncator
 
+from dashboard import exposure
 from dashboard import overview as reader
 from dashboard.access import viewer_required
 from dashboard.templatetags.portwatch import DASH, ago, days, ms, percent, span, status_badge, status_label
 from dashboard.views.maintenance import badge as maintenance_badge
-from monitor.models.service import PROTOCOL_CHOICES
+from monitor.probes.protocols import choices as protocol_choices
 from monitor.readers import Uptime
 
 REFRESH_EVERY = 15  # seconds
@@ -42,9 +43,11 @@ def overview(request: HttpRequest) -> HttpResponse:
         return render(request, "dashboard/overview_rows.html", context)
     context |= {
         "status_choices": [(status, status_label(status)) for status in reader.STATUSES],
-        "protocol_choices": PROTOCOL_CHOICES,
+        "protocol_choices": protocol_choices(),
         "next_url": request.get_full_path(),
         "broken_channels": reader.broken_channels(timezone.now()),
+        "exposure_links": exposure.overview_links(reader.exposure_counts()),
+        "exposure_choices": list(exposure.FILTER_LABELS.items()),
     }
     return render(request, "dashboard/overview.html", context)
 

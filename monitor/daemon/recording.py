@@ -25,7 +25,8 @@ Decisions:
    states, then read them back and upsert their services' summaries (`summaries`), and upsert
    the states' rendered /metrics series (`expositions`); plus up to
    three when incidents open or close or the status changes; plus two the
-   first time a service is seen).
+   first time a service is seen; plus one when a state's last measured probe is not in the batch,
+   a batch of missed slots, for the banner its exposure series assess).
 6. **Concurrency.** On PostgreSQL the state rows of the batch's services, at every location,
    are locked (`SELECT ... FOR UPDATE`, ordered by id so two workers never deadlock on them)
    before the slots are checked, so the same slot recorded twice at once stores one row, and two
@@ -136,7 +137,7 @@ def _record(outcomes: Sequence[Outcome]) -> int:
     3. Insert the results of slots not stored yet.
     4. Apply them to the states in slot order; write incidents, states and status changes.
     """
-    rules, targets = _rules({outcome.service_id for outcome in outcomes})
+    rules, targets, tls_modes = _rules({outcome.service_id for outcome in outcomes})
     unique: dict[tuple[int, str, dt.datetime], Outcome] = {}
     for outcome in outcomes:
         if outcome.service_id in rules:
@@ -151,20 +152,23 @@ def _record(outcomes: Sequence[Outcome]) -> int:
     rows = ProbeResult.objects.bulk_create([_result_row(outcome) for outcome in new])
     ledger = machine.Ledger()
     touched = _apply_all(new, rows, states, rules, ledger)
-    _save(touched, ledger, targets)
+    _save(touched, ledger, targets, tls_modes, _banners(touched, new, rows))
     return len(new)
 
 
-def _rules(service_ids: set[int]) -> tuple[dict[int, machine.Rules], dict[int, tuple[str, str]]]:
-    """Return the state machine's rules and the (protocol, host) of each service that still exists."""
+def _rules(
+    service_ids: set[int],
+) -> tuple[dict[int, machine.Rules], dict[int, tuple[str, str]], dict[int, str]]:
+    """Return the state machine's rules, and the (protocol, host) and TLS mode of each service that still exists."""
     rows = Service.objects.filter(id__in=service_ids).values_list(
-        "id", "failure_threshold", "recovery_threshold", "interval", "protocol", "host"
+        "id", "failure_threshold", "recovery_threshold", "interval", "protocol", "host", "tls_mode"
     )
-    rules, targets = {}, {}
-    for service_id, failures, recoveries, interval, protocol, host in rows:
+    rules, targets, tls_modes = {}, {}, {}
+    for service_id, failures, recoveries, interval, protocol, host, tls_mode in rows:
         rules[service_id] = machine.Rules(failures, recoveries, interval)
         targets[service_id] = (protocol, host)
-    return rules, targets
+        tls_modes[service_id] = tls_mode
+    return rules, targets, tls_modes
 
 
 def _lock_states(outcomes: Sequence[Outcome]) -> dict[Pair, ServiceState]:
@@ -248,15 +252,42 @@ def _apply_all(
     return touched
 
 
-def _save(states: list[ServiceState], ledger: machine.Ledger, targets: dict[int, tuple[str, str]]) -> None:
+def _banners(
+    states: Sequence[ServiceState], outcomes: Sequence[Outcome], rows: Sequence[ProbeResult]
+) -> dict[int, str]:
+    """Return {state id: banner} of the states whose last measured probe is one of this batch's results.
+
+    Their /metrics series assess it (`expositions`), which reads the banner of any other state.
+    """
+    heard = {
+        (outcome.pair, outcome.started_at): row.banner
+        for outcome, row in zip(outcomes, rows, strict=True)
+        if outcome.result.measured
+    }
+    banners = {}
+    for state in states:
+        banner = heard.get(((state.service_id, state.location), state.last_checked_at))
+        if banner is not None:
+            banners[state.pk] = banner
+    return banners
+
+
+def _save(
+    states: list[ServiceState],
+    ledger: machine.Ledger,
+    targets: dict[int, tuple[str, str]],
+    tls_modes: dict[int, str],
+    banners: dict[int, str] | None = None,
+) -> None:
     """Write the ledger and states in bulk; incidents first, since states and changes point at them.
 
-    `targets` holds each state's service's (protocol, host), which its /metrics series are rendered with.
+    `targets` holds each state's service's (protocol, host) and `tls_modes` its TLS mode, which its /metrics
+    series are rendered with, and `banners` what the batch's probes heard (`_banners()`).
     """
     machine.save_incidents(states, ledger)
     _update_states(states)
     summaries.refresh({state.service_id for state in states})
-    expositions.write(states, targets)
+    expositions.write(states, targets, tls_modes=tls_modes, banners=banners)
     machine.save_changes(ledger)
 
 
@@ -294,9 +325,9 @@ def pause(pairs: set[tuple[int, str]], reason: str, now: dt.datetime | None = No
         states = [state for state in _select_states(pairs).values() if state.status != machine.PAUSED]
         if not states:
             return 0
-        rules, targets = _rules({state.service_id for state in states})
+        rules, targets, tls_modes = _rules({state.service_id for state in states})
         intervals = {service_id: rule.interval for service_id, rule in rules.items()}
         ledger = machine.Ledger()
         machine.pause(states, now, reason, intervals, ledger)
-        _save(states, ledger, targets)
+        _save(states, ledger, targets, tls_modes)
     return len(states)

@@ -10,7 +10,8 @@ Decisions:
   ~1.3 million samples of 10,000 services took 5.8 s (docs/performance.md). A pair whose stored text has
   another key than the one the scrape would render with (no text yet, a service whose protocol or host
   changed, other histogram phases, a new rendering version) is rendered live from its state, with the
-  same `render()`: a scrape's answer never depends on which path a pair took.
+  same `render()`: a scrape's answer never depends on which path a pair took. The version-exposure families
+  (`exposure.py`) are among them, assessed when the state is written.
 - The live path reads only the JSON keys the series use (`->>` in SQL), past Django's row converters:
   decoding the documents whole and converting each row cost over a second at 10,000 services.
 - Every per-service series carries service, protocol, host, port, location and instance (host:port); label
@@ -42,6 +43,7 @@ from django.db.models.fields.json import KT
 from django.db.models.functions import Cast, Coalesce, Greatest
 
 from monitor.daemon.workers import ALIVE_FOR
+from monitor.exposure_report import evidence_columns, evidence_from_columns, heard_banner
 from monitor.metrics import alerting, exposition, maintenance
 from monitor.metrics.exposition import (
     AT_SCRAPE,
@@ -123,7 +125,7 @@ def _per_service(now: dt.datetime) -> tuple[list[tuple[str, Iterable[bytes] | st
     stored = _stored()
     services, snapshots = reading()
     pairs = _pairs(services, stored)
-    keys = {sid: exposition.key(service[1], service[2], phases) for sid, service in services.items()}
+    keys = {sid: exposition.key(service[1], service[2], phases, service[4]) for sid, service in services.items()}
     stale = [pair for pair in pairs if pair in stored and stored[pair][0] != keys[pair[0]]]
     live = _states(phases, stale) if stale else {}
     uptimes = _uptimes(pairs, snapshots, now)
@@ -134,7 +136,7 @@ def _per_service(now: dt.datetime) -> tuple[list[tuple[str, Iterable[bytes] | st
         labels = f'{service[-1]},location="{where[pair[1]]}",instance="{service[-2]}"'
         text = stored[pair][1] if pair not in live and pair in stored else None
         if text is None:
-            text = exposition.render(service[1], service[2], phases, live.get(pair)).encode()
+            text = exposition.render(service[1], service[2], phases, live.get(pair), service[4]).encode()
         head, _, histogram = text.rpartition(_SEPARATOR)
         encoded = labels.encode()
         columns.append(head.replace(_PLACEHOLDER, encoded).split(_SEPARATOR))
@@ -246,7 +248,9 @@ def _states(phases: Iterable[str], pairs: Iterable[tuple[int, str]]) -> dict[tup
 
     Only the JSON keys the series use are read, each in SQL (`KT`, `->>`): TLS facts and counters become small
     dicts of those keys, with numbers as the database wrote them (PostgreSQL gives text, SQLite numbers; both
-    are written as they come). Details are read whole for the http and dns probers only, whose series use them.
+    are written as they come). Details are read whole for the http and dns probers only, whose series use them;
+    for the others, only the keys the exposure rules read (`evidence_columns()`), and the banner of the last
+    measured probe's result.
     """
     wanted = set(pairs)
     columns = {f"phase_{name}": KT(f"last_phases__{name}") for name in PHASES}
@@ -259,6 +263,8 @@ def _states(phases: Iterable[str], pairs: Iterable[tuple[int, str]]) -> dict[tup
         columns |= {
             f"{part}_{phase}": KT(f"counters__latency__{phase}__{part}") for part in ("buckets", "count", "sum")
         }
+    evidence = evidence_columns()
+    columns |= {"banner_": heard_banner(), **evidence}
     states = ServiceState.objects.filter(service_id__in={service_id for service_id, _ in wanted})
     query = states.annotate(**columns).values_list(*STATE_COLUMNS, *columns).query
     found = {}
@@ -284,7 +290,10 @@ def _states(phases: Iterable[str], pairs: Iterable[tuple[int, str]]) -> dict[tup
             if count is not None:
                 bounds = buckets[1:-1].replace(" ", "").split(",")
                 latency[phase] = {"buckets": bounds, "count": count, "sum": total}
+        banner = row[at]
         details = json.loads(row[details_at]) if isinstance(row[details_at], str) else row[details_at]
+        if details is None:  # not a detailed prober's: what the exposure rules read is enough
+            details = evidence_from_columns(dict(zip(evidence, row[at + 1 :], strict=True)))
         checked_at = row[4]
         if isinstance(checked_at, str):  # SQLite's text, which Django's converters would have parsed
             checked_at = dt.datetime.fromisoformat(checked_at).replace(tzinfo=dt.UTC)
@@ -300,6 +309,7 @@ def _states(phases: Iterable[str], pairs: Iterable[tuple[int, str]]) -> dict[tup
             tls=tls,
             details=details or {},
             counters={"checks": checks, "latency": latency},
+            banner=banner or "",
         )
     return found
 

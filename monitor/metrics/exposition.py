@@ -1,7 +1,7 @@
 """One (service, location)'s /metrics series as text: rendered when its state is written, joined at scrape time.
 
-Exposes `PairState` (what the series are made of), `render(protocol, host, phases, state) -> str`,
-`key(protocol, host, phases) -> str` (what a rendering depends on besides the state), `SEPARATOR` and
+Exposes `PairState` (what the series are made of), `render(protocol, host, phases, state, tls_mode=) -> str`,
+`key(protocol, host, phases, tls_mode=) -> str` (what a rendering depends on besides the state), `SEPARATOR` and
 `LABELS`; and the families /metrics writes (`FAMILIES`, `PER_SERVICE`, `RENDERED`, `DAEMON`, `HISTOGRAM`)
 with `header()`, `escape()` and `number()`. No database access: `collector.py` reads, and the state writer
 (`monitor.daemon.expositions`) stores what `render()` returns beside each state.
@@ -12,6 +12,10 @@ Decisions:
   service's labels are LABELS in every line, filled in at scrape time from the service as it is then, so
   renaming a service or changing its tags needs no new rendering. `portwatch_service_info` and
   `portwatch_uptime_ratio` come from the service and the uptime snapshots and are written at scrape time.
+- The version-exposure families (`monitor.metrics.exposure`) are rendered here too, from the state's details
+  and the banner its last measured probe heard (`PairState.banner`): assessed at every scrape they cost
+  80-130 ms at 5,000 states. Their verdict reads the service's TLS mode for a few protocols
+  (`READS_TLS_MODE`), so the key holds the TLS mode for those (the default "none" leaves the key as it was).
 - SEPARATOR and LABELS are control characters no rendered value can hold: `escape()` turns them (and
   NUL, which PostgreSQL text cannot store) into U+FFFD in every label value, so a certificate subject a
   hostile server chose cannot split a rendering or be filled with another service's labels.
@@ -30,19 +34,21 @@ import hashlib
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from monitor.metrics import blackbox
+from monitor.exposure import READS_TLS_MODE
+from monitor.metrics import blackbox, exposure
 from monitor.models.history import PHASES, STATE_CHOICES
+from monitor.probes import PROTOCOLS
 from monitor.stats import LATENCY_BUCKETS, OUTCOMES
 
-VERSION = "1"  # of the rendering: a change to what render() writes bumps it, so stored texts are redone live
+VERSION = "2"  # of the rendering: a change to what render() writes bumps it, so stored texts are redone live
 SEPARATOR = "\x1e"  # between families (ASCII record separator)
 LABELS = "\x1f"  # the service's labels, in every line (ASCII unit separator)
 _UNSAFE = {ord(SEPARATOR): "\ufffd", ord(LABELS): "\ufffd", 0: "\ufffd"}
 
 HISTOGRAM = "portwatch_probe_duration_seconds"
 STATUSES = tuple(key for key, _ in STATE_CHOICES)  # up, warning, down, unknown, paused
-PROBERS = {"http": "http", "dns": "dns"}  # blackbox's prober for a protocol; the others speak through tcp
-DETAILED = tuple(PROBERS)  # the protocols whose series read the probe's details
+PROBERS = {key: protocol.blackbox_prober for key, protocol in PROTOCOLS.items()}  # whose families a protocol's carry
+DETAILED = tuple(key for key, prober in PROBERS.items() if prober in blackbox.DETAILED_PROBERS)  # read the details
 # Upper bounds as Go's client writes them (5, not 5.0): deploy/prometheus/alerts_test.yml uses the same.
 LE = (*(f"{bound:g}" for bound in LATENCY_BUCKETS), "+Inf")
 
@@ -60,6 +66,7 @@ OWN: dict[str, tuple[str, str]] = {
     "portwatch_incident_open": ("gauge", "1 while an incident is open for the service at this location"),
     "portwatch_last_check_timestamp_seconds": ("gauge", "When the last probe that measured the service started"),
     "portwatch_checks_total": ("counter", "Recorded slots by outcome: up, warning, down, missed, error"),
+    **{name: ("gauge", documentation) for name, documentation in exposure.FAMILIES.items()},
     HISTOGRAM: (
         "histogram",
         "Seconds of the probes that came back up or warning, by phase (PORTWATCH_METRICS_HISTOGRAM_PHASES)",
@@ -102,21 +109,28 @@ class PairState(NamedTuple):
     tls: Mapping[str, Any] | None
     details: Mapping[str, Any]
     counters: Mapping[str, Any]  # `stats.counted()`'s checks and latency
+    banner: str = ""  # of the result the last measured probe stored: evidence for the exposure families
 
 
-def key(protocol: str, host: str, phases: Iterable[str]) -> str:
-    """Return what a rendering depends on besides the state, in 32 characters: equal keys, equal texts."""
-    digest = hashlib.blake2b(f"{VERSION}\n{protocol}\n{host}\n{','.join(phases)}".encode(), digest_size=16)
-    return digest.hexdigest()
+def key(protocol: str, host: str, phases: Iterable[str], tls_mode: str = "none") -> str:
+    """Return what a rendering depends on besides the state, in 32 characters: equal keys, equal texts.
+
+    The TLS mode is part of it only where the exposure verdict reads it, and only when it is not "none".
+    """
+    text = f"{VERSION}\n{protocol}\n{host}\n{','.join(phases)}"
+    if protocol in READS_TLS_MODE and tls_mode != "none":
+        text += f"\n{tls_mode}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
-def render(protocol: str, host: str, phases: Iterable[str], state: PairState | None) -> str:
+def render(protocol: str, host: str, phases: Iterable[str], state: PairState | None, tls_mode: str = "none") -> str:
     """Return the pair's series of each `RENDERED` family, joined by SEPARATOR, its labels left as LABELS.
 
-    `state` None is a pair nothing was recorded for yet: status unknown and zero counters.
+    `state` None is a pair nothing was recorded for yet: status unknown and zero counters. `tls_mode` is the
+    service's, which the exposure verdict of some protocols reads.
     """
     lines: dict[str, list[str]] = {name: [] for name in RENDERED}
-    _state_lines(lines, protocol, host, state)
+    _state_lines(lines, protocol, host, state, tls_mode)
     counters = state.counters if state else {}
     checks = counters.get("checks") or {}
     lines["portwatch_checks_total"] += [
@@ -126,7 +140,7 @@ def render(protocol: str, host: str, phases: Iterable[str], state: PairState | N
     return SEPARATOR.join("".join(lines[name]) for name in RENDERED)
 
 
-def _state_lines(lines: dict[str, list[str]], protocol: str, host: str, state: PairState | None) -> None:
+def _state_lines(lines: dict[str, list[str]], protocol: str, host: str, state: PairState | None, tls_mode: str) -> None:
     status = state.status if state else "unknown"
     lines["portwatch_service_status"] += [
         f'portwatch_service_status{{{LABELS},status="{one}"}} {int(one == status)}\n' for one in STATUSES
@@ -141,10 +155,13 @@ def _state_lines(lines: dict[str, list[str]], protocol: str, host: str, state: P
     )
     if status == "paused":
         return
+    revealed, plaintext = exposure.values(protocol, tls_mode, state.last_status, state.banner, state.details or {})
+    lines[exposure.VERSION].append(f"{exposure.VERSION}{{{LABELS}}} {revealed}\n")
+    lines[exposure.PLAINTEXT].append(f"{exposure.PLAINTEXT}{{{LABELS}}} {plaintext}\n")
     # The last result may be a missed slot: success is the last measured probe's, the kind the last result's.
     ok = state.last_status in ("up", "warning") if state.last_status != "unknown" else state.successes > 0
     samples = blackbox.samples(
-        PROBERS.get(protocol, "tcp"),
+        PROBERS.get(protocol),
         ok=ok,
         failure=state.failure or None,
         phases=state.last_phases or {},
