@@ -1,11 +1,12 @@
-"""Channel secrets encrypted at rest: `encrypt`, `decrypt`, `masked` and the model field `EncryptedTextField`.
+"""Secrets encrypted at rest: `encrypt`, `decrypt`, `rotate`, `masked` and the model field `EncryptedTextField`.
 
 Keys: PORTWATCH_SECRETS_KEY holds one or more comma-separated Fernet keys; the first encrypts, all decrypt,
-so a key is rotated by putting the new one first and re-saving the secrets (MultiFernet.rotate) before
-dropping the old one. Unset, the key comes from DATA_DIR/secrets_key, made on first use by the same
-`load_secret_key` that keeps Django's SECRET_KEY (0600, atomic when web and worker start together). That
-file holds a random text, not a Fernet key; `file_key()` derives the Fernet key from it with HKDF, and its
-output is what to put last in PORTWATCH_SECRETS_KEY when moving from the file to the variable.
+so a key is rotated by putting the new one first and running `manage.py rotate_secrets` (MultiFernet.rotate
+on every stored token) before dropping the old one. Unset, the key comes from DATA_DIR/secrets_key, made on
+first use by the same `load_secret_key` that keeps Django's SECRET_KEY (0600, atomic when web and worker
+start together). That file holds a random text, not a Fernet key; `file_key()` derives the Fernet key from it
+with HKDF, and its output is what to put last in PORTWATCH_SECRETS_KEY when moving from the file to the
+variable.
 
 A decrypted secret is a plain `str`: nothing here stops it from being logged, so callers show `masked(...)`
 (monitor/masking.py, which holds the rule) and never the value or a model instance's repr holding it.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.fernet import InvalidToken, MultiFernet
@@ -27,7 +29,17 @@ from django.db import models
 from monitor.config import load_secret_key, parse_keys
 from monitor.masking import masked
 
-__all__ = ["DecryptionError", "EncryptedTextField", "decrypt", "encrypt", "file_key", "masked", "parse_keys"]
+__all__ = [
+    "DecryptionError",
+    "EncryptedTextField",
+    "decrypt",
+    "encrypt",
+    "file_key",
+    "masked",
+    "parse_keys",
+    "rotate",
+    "under_first_key",
+]
 
 KEY_FILE = "secrets_key"  # under DATA_DIR
 HKDF_INFO = b"portwatch secrets_key"  # binds the derived key to this use of the file
@@ -61,7 +73,32 @@ def encrypt(text: str) -> str:
 
 def decrypt(token: str) -> str:
     """Return the text in `token`; raise DecryptionError when it is corrupt or made with a key we do not hold."""
-    fernet = _fernet()
+    return _open(_fernet().decrypt, token).decode("utf-8")
+
+
+def rotate(token: str) -> str:
+    """Return `token` re-encrypted with the first key (same text and timestamp); raise DecryptionError as decrypt.
+
+    For `manage.py rotate_secrets`, which works on the stored tokens without ever holding the plain text.
+    """
+    return _open(_fernet().rotate, token).decode("ascii")
+
+
+def under_first_key(token: str) -> bool:
+    """Return True when the first key alone decrypts `token`, so rotating it would change nothing.
+
+    Raise DecryptionError when no key decrypts it: a token to report, not one to rotate.
+    """
+    try:
+        _fernet(first_only=True).decrypt(token.encode("ascii"))
+    except (InvalidToken, UnicodeEncodeError):
+        decrypt(token)  # raises the typed error when no other key reads it either
+        return False
+    return True
+
+
+def _open(operation: Callable[[bytes], bytes], token: str) -> bytes:
+    """Return `operation(token)`, turning a non-token or a token no key verifies into DecryptionError."""
     try:
         raw = base64.urlsafe_b64decode(token.encode("ascii"))
     except (ValueError, UnicodeEncodeError):
@@ -69,7 +106,7 @@ def decrypt(token: str) -> str:
     if not raw or raw[0] != FERNET_VERSION:
         raise DecryptionError("a stored secret is not an encrypted token: it is corrupt, or was stored unencrypted")
     try:
-        return fernet.decrypt(token.encode("ascii")).decode("utf-8")
+        return operation(token.encode("ascii"))
     except InvalidToken:
         raise DecryptionError(
             "a stored secret does not verify with any key in PORTWATCH_SECRETS_KEY (or DATA_DIR/secrets_key): "
@@ -77,13 +114,14 @@ def decrypt(token: str) -> str:
         ) from None
 
 
-def _fernet() -> MultiFernet:
-    return _cached_fernet(tuple(settings.PORTWATCH_SECRETS_KEY), str(settings.DATA_DIR))
+def _fernet(*, first_only: bool = False) -> MultiFernet:
+    return _cached_fernet(tuple(settings.PORTWATCH_SECRETS_KEY), str(settings.DATA_DIR), first_only)
 
 
 @functools.lru_cache(maxsize=8)  # keyed on the settings, so override_settings in tests takes effect
-def _cached_fernet(keys: tuple[str, ...], data_dir: str) -> MultiFernet:
-    return parse_keys(list(keys) or [file_key(Path(data_dir) / KEY_FILE)])
+def _cached_fernet(keys: tuple[str, ...], data_dir: str, first_only: bool = False) -> MultiFernet:
+    held = list(keys) or [file_key(Path(data_dir) / KEY_FILE)]
+    return parse_keys(held[:1] if first_only else held)
 
 
 class EncryptedTextField(models.TextField):
