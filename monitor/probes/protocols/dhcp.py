@@ -13,19 +13,22 @@ discover; root is needed for either), and only a BOOTREPLY carrying our `xid` is
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import errno
 import ipaddress
 import os
+import random
 import socket
 import struct
 
 from monitor.probes.datagram import Channel, open_channel
-from monitor.probes.errors import ConfigError, ProtocolError, ResolutionError, ServerRejected
+from monitor.probes.errors import ConfigError, ProbeError, ProtocolError, ResolutionError, ServerRejected
 from monitor.probes.net import resolve
 from monitor.probes.options import ConnectionOptions, OptionsError
 from monitor.probes.protocol import Flag, Protocol, Scheme
-from monitor.probes.result import Result
+from monitor.probes.result import Result, Status
 from monitor.probes.session import Exchange, Target, exchange
 from monitor.probes.text import printable
 
@@ -35,6 +38,7 @@ BOOTP_SIZE = 236  # the fixed BOOTP header before the cookie
 MAX_REPLY = 1500  # bytes read of a reply: a DHCP message fits an Ethernet frame unless option 57 says more
 MAX_OPTIONS = 255  # options read from one reply before calling it malformed
 MAX_TEXT = 255  # characters kept of a text option (domain name, server message)
+PORT_RETRY = 0.02  # seconds between tries of a reply port another probe holds
 DISCOVER, OFFER, NAK, ACK, INFORM = 1, 2, 6, 5, 8
 TYPE_NAMES = {1: "DHCPDISCOVER", 2: "DHCPOFFER", 3: "DHCPREQUEST", 4: "DHCPDECLINE", 5: "DHCPACK", 6: "DHCPNAK"}
 TYPE_NAMES |= {7: "DHCPRELEASE", 8: "DHCPINFORM"}
@@ -94,20 +98,10 @@ async def probe(target: Target, options: Options, *, deadline: float) -> Result:
         source = source_address(server, target.port)
         state.details["message"] = TYPE_NAMES[INFORM if options.message == "inform" else DISCOVER]
 
-        def bound_socket(family: int) -> socket.socket:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.bind((source, options.reply_port))
-            except OSError as error:
-                sock.close()
-                why = "root is needed" if isinstance(error, PermissionError) else error.strerror
-                raise ConfigError(
-                    f"cannot listen on {source} port {options.reply_port} for the answer: {why}"
-                ) from None
-            return sock
-
+        with state.clock.phase("connect"):
+            sock = await bind_reply_port(source, options.reply_port, deadline)
         channel = await open_channel(
-            Target(server, target.port), options, deadline=deadline, clock=state.clock, make_socket=bound_socket
+            Target(server, target.port), options, deadline=deadline, clock=state.clock, make_socket=lambda _: sock
         )
         state.address = server
         try:
@@ -116,6 +110,35 @@ async def probe(target: Target, options: Options, *, deadline: float) -> Result:
             channel.close()
 
     return await exchange(target, options, steps, deadline=deadline)
+
+
+class ReplyPortBusy(ProbeError):
+    """Other DHCP probes of this host held the reply port until the deadline: nothing was measured."""
+
+    failure = "reply_port_busy"
+    status = Status.UNKNOWN
+
+
+async def bind_reply_port(source: str, port: int, deadline: float) -> socket.socket:
+    """Return a socket bound to `port` on `source`; while another probe holds it, wait for it until the deadline.
+
+    Every DHCP probe of this host is answered on the same port (68, or 67 as a relay), in this process or
+    another worker's, so probes that run at once take turns; each holds it for one exchange.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((source, port))
+            return sock
+        except OSError as error:
+            sock.close()
+            if error.errno != errno.EADDRINUSE:
+                why = "root is needed" if isinstance(error, PermissionError) else error.strerror
+                raise ConfigError(f"cannot listen on {source} port {port} for the answer: {why}") from None
+        if loop.time() + PORT_RETRY >= deadline:
+            raise ReplyPortBusy(f"{source} port {port} stayed busy with other DHCP probes until the deadline")
+        await asyncio.sleep(PORT_RETRY * random.uniform(0.5, 1.5))  # jittered, so waiting probes do not march
 
 
 def source_address(server: str, port: int) -> str:
@@ -209,6 +232,9 @@ PROTOCOL = Protocol(
         Flag("--dhcp-message", "message", "inform (default) or discover", metavar="KIND"),
         Flag("--client-port", "client_port", "the port the answer comes to (68; 67 for discover)", metavar="PORT"),
     ),
+    failures={
+        "reply_port_busy": "status unknown: other DHCP probes of this host held the reply port until the deadline"
+    },
     shown=(
         ("message", "Sent"),
         ("reply", "Answer"),

@@ -6,6 +6,7 @@ the one the server answers on (68 and 67 in the field; binding those needs root 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 
@@ -126,15 +127,25 @@ async def test_it_reports_malformed_replies(behaviour, reason):
     assert result.reason == reason
 
 
-async def test_it_says_when_it_cannot_listen_for_the_answer():
+async def test_probes_running_at_once_take_turns_on_the_reply_port():
+    # Every DHCP probe of a host is answered on one port: at once, they must wait for it, not fail.
+    async with dhcp_server() as server:
+        results = await asyncio.gather(*(probe(server) for _ in range(20)))
+
+    assert [(result.status, result.failure) for result in results] == [(Status.UP, None)] * 20
+    assert server.received == ["DHCPINFORM"] * 20
+
+
+async def test_a_reply_port_held_until_the_deadline_is_unknown_not_down():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))
         port = taken.getsockname()[1]
         async with dhcp_server() as server:
-            result = await probe(server, client_port=port)
+            result = await probe(server, client_port=port, timeout=0.5)
 
-    assert (result.status, str(result.failure)) == (Status.UNKNOWN, "config_error")
-    assert result.reason == f"cannot listen on 127.0.0.1 port {port} for the answer: Address already in use"
+    assert (result.status, str(result.failure)) == (Status.UNKNOWN, "reply_port_busy")
+    assert result.reason == f"127.0.0.1 port {port} stayed busy with other DHCP probes until the deadline"
+    assert server.received == []  # nothing was sent without a port to hear the answer on
 
 
 def test_the_inform_carries_our_address_and_asks_for_the_usual_options():
