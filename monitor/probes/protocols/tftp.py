@@ -7,7 +7,8 @@ goes to the port the first answer came from; datagrams from other ports are skip
 - At `max_bytes` (or the first block past it) the probe stops, tells the server with an ERROR packet
   so it does not retransmit for seconds, and is up with `details["complete"] = False`.
 - ERROR 1 (file not found) is the failure kind `file_not_found`: the server is alive and answered,
-  so the status is up unless `require_file` is set (a boot server whose image went missing), then down.
+  so the status is `warning` (counted as up, and shown), unless `require_file` is set (a boot server
+  whose image went missing), then down.
 - Any other ERROR is `server_rejected` with its code and message.
 - One read request is sent, as the other datagram probes send one query: a lost datagram is a timeout.
 """
@@ -44,20 +45,20 @@ CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")  # C0, DEL and C1: refused in the 
 
 
 class FileNotFound(ProbeError):
-    """The server answered ERROR 1: alive and answering (up), unless the file is required (down)."""
+    """The server answered ERROR 1: alive and answering (a warning), unless the file is required (down)."""
 
     failure = "file_not_found"
 
     def __init__(self, message: str, *, required: bool) -> None:
         super().__init__(message)
-        self.status = Status.DOWN if required else Status.UP
+        self.status = Status.DOWN if required else Status.WARNING
 
 
 @dataclasses.dataclass(frozen=True)
 class Options(ConnectionOptions):
     filename: str | None = None  # the file to read; a tftp:// URL's path
     max_bytes: int = DEFAULT_MAX_BYTES  # bytes read before the transfer is stopped
-    require_file: bool = False  # a missing file is down, not up (see the module docstring)
+    require_file: bool = False  # a missing file is down, not a warning (see the module docstring)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -148,7 +149,7 @@ def url_options(parts: urllib.parse.SplitResult) -> dict[str, Any]:
 PROTOCOL = Protocol(
     key="tftp",
     label="TFTP",
-    summary="read one file in octet mode, up to a byte limit; a missing file is up unless it is required",
+    summary="read one file in octet mode, up to a byte limit; a missing file is a warning unless it is required",
     options=Options,
     probe=probe,
     transport="datagram",
@@ -156,9 +157,9 @@ PROTOCOL = Protocol(
     url_options=url_options,
     flags=(
         Flag("--max-bytes", "max_bytes", "bytes of the file to read before stopping (default 65536)", metavar="N"),
-        Flag("--require-file", "require_file", "a missing file is down, not up", value=True),
+        Flag("--require-file", "require_file", "a missing file is down, not a warning", value=True),
     ),
-    failures={"file_not_found": "a TFTP server answered that the requested file is not there (up unless require_file)"},
+    failures={"file_not_found": "the server answered that the file is not there (a warning; down with require_file)"},
     shown=(
         ("filename", "File"),
         ("complete", "Read to the end"),

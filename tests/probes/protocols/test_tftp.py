@@ -64,7 +64,7 @@ async def test_a_missing_file_is_up_unless_it_is_required(tftpd):
     answered = await probe(tftpd.port, filename="missing.img")
     required = await probe(tftpd.port, filename="missing.img", require_file=True)
 
-    assert (answered.status, str(answered.failure)) == (Status.UP, "file_not_found")
+    assert (answered.status, str(answered.failure)) == (Status.WARNING, "file_not_found")
     assert (required.status, str(required.failure)) == (Status.DOWN, "file_not_found")
     assert required.reason == "missing.img is not on the server; TFTP error 1 (file not found): File not found"
 
