@@ -15,9 +15,10 @@ Decisions:
    disabled). The state writer keeps that worst status, and the other per-service values a row
    shows and sorts on, in `ServiceSummary` (see its docstring for each value's definition).
 2. **Counting, filtering and sorting read the summaries**: one narrow row per service, indexed on
-   each sort key, joined to the services. Grouping the wide state table by service for every
-   request took ~40 ms at 10,000 services, and sorting by latency read every state's JSON. Sorting
-   by name (the default) is the cheapest: the unique index on name.
+   each sort key, joined to the services; the exposure counts and filter read its flags. Grouping
+   the wide state table by service for every request took ~40 ms at 10,000 services, and sorting
+   by latency read every state's JSON. Sorting by name (the default) is the cheapest: the unique
+   index on name.
 3. **Uptime comes from the snapshots refreshed every ten minutes** (`readers.recent_uptimes()`), with the moment they
    were taken, which the page shows; summing rollups for a page's 50 services took ~70 ms.
 """
@@ -178,8 +179,8 @@ def matching(filters: Filters) -> QuerySet[Service]:
         found = found.filter(where | Q(locations="") if filters.location == DEFAULT_LOCATION else where)
     if filters.q:
         found = found.filter(Q(name__icontains=filters.q) | Q(host__icontains=filters.q))
-    if filters.exposure:  # assessed in Python (monitor.exposure's rules), from one query on the states
-        found = found.filter(pk__in=exposure_report.exposed_ids(filters.exposure))
+    if filters.exposure:  # the flags the state writer keeps in the summaries: a join, no query of its own
+        found = found.filter(**{f"summary__{exposure_report.SUMMARY_FLAGS[filters.exposure]}": True})
     return found
 
 
@@ -197,7 +198,10 @@ def _sorted(found: QuerySet[Service], sort: str) -> QuerySet[Service]:
 
 
 def exposure_counts() -> dict[str, int]:
-    """Return {"version": services revealing a version, "plaintext": services offering plaintext login} (one query)."""
+    """Return {"version": services revealing a version, "plaintext": services offering plaintext login}.
+
+    One query on the summaries' flags, which the state writer keeps: no state is assessed here.
+    """
     return exposure_report.counts()
 
 

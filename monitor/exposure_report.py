@@ -1,19 +1,27 @@
-"""What the service page, the overview, /metrics and `manage.py audit` read about version exposure.
+"""What the service page, the overview, /metrics, the state writer and `manage.py audit` read about version exposure.
 
 Exposes `ServiceExposure` and `Located` (frozen), `findings(service_ids)` ({(service id, location): Finding}, one
-query), `exposures(service_ids)` (every service with its locations' findings, two queries), `exposed_ids(kind)`
-and `counts()`; and for /metrics, which assesses each state when the state writer renders its series,
-`assess_state()` (one state's finding from its evidence), `evidence(details)`, `evidence_columns()` with
+query), `exposures(service_ids)` (every service with its locations' findings, two queries), and for the overview
+`counts()`, `exposed_ids(kind)` and `SUMMARY_FLAGS`, which read the flags the state writer stores (`ServiceSummary`)
+in SQL. For the state writer, `verdicts()` (one measured probe's two flags); for its migration's backfill
+`assessed()`; for /metrics, which assesses each state when the state writer renders its series, `assess_state()`
+(one state's finding from its evidence), `measured_status()`, `evidence(details)`, `evidence_columns()` with
 `evidence_from_columns()` (the same evidence taken out of the JSON in SQL) and `heard_banner()`. The rules are
 `monitor.exposure`'s; this module only gathers their evidence.
 
 Decisions:
 - The evidence is each location's last *measured* probe: the state's details, and the banner of the result
-  that probe stored (found by its start, `last_checked_at`, on the (service, location, started_at) index).
-  A missed slot stores an empty banner and must not make a greeting heard a minute earlier disappear.
+  that probe stored (found by its start, `last_checked_at`, on the (service, location, started_at) index), and
+  its status (`measured_status()`). A missed slot stores an empty banner and status unknown and must not make a
+  greeting heard a minute earlier disappear.
 - Paused states are left out: nobody probes them, so what they heard is history, not exposure.
 - Only the details keys the rules read are taken out of the JSON in SQL, not whole documents (an HTTP
   probe's hops and TLS facts are ~2 KB a state): /metrics reads every state on each scrape.
+- The overview reads verdicts, not evidence: the state writer stores each state's two flags when it applies a
+  measured probe (`verdicts()`), and the service's summary whether any active location has them. Assessing
+  every state for the overview's counts and its exposure filter cost 86-147 ms a request at 11,000 states; the
+  summaries' flags are counted in one scan of narrow rows. The flags keep the TLS mode the probe ran with until
+  the next measured probe; the service page and the audit assess the evidence with the service as it is now.
 """
 
 from __future__ import annotations
@@ -24,14 +32,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import OuterRef, Subquery
+from django.db.models import Count, OuterRef, Q, QuerySet, Subquery
 from django.db.models.fields.json import KT
 
 from monitor.exposure import EVIDENCE_KEYS, Finding, Software, assess
-from monitor.models import ProbeResult, Service, ServiceState
+from monitor.models import ProbeResult, Service, ServiceState, ServiceSummary
 from monitor.probes import standard_port
 
 KINDS = ("version", "plaintext")  # what the overview filters on: reveals a version, offers login in clear text
+SUMMARY_FLAGS = {"version": "reveals_version", "plaintext": "plaintext_login"}  # KINDS -> ServiceSummary field
 OK = ("up", "warning")
 
 
@@ -132,22 +141,79 @@ class ServiceExposure:
 
 def findings(service_ids: Iterable[int] | None = None) -> dict[tuple[int, str], Finding]:
     """Return {(service id, location): Finding} of every active, measured state (of `service_ids` only, if given)."""
-    columns = evidence_columns()
-    states = ServiceState.objects.filter(last_checked_at__isnull=False).exclude(status="paused")
+    states = ServiceState.objects.all()
     if service_ids is not None:
         states = states.filter(service_id__in=list(service_ids))
-    rows = states.annotate(heard_banner=heard_banner(), **columns).values_list(
-        "service_id", "location", "service__protocol", "service__tls_mode", "last_status", "heard_banner", *columns
+    return {(service_id, location): finding for _, service_id, location, finding in assessed(states, ProbeResult)}
+
+
+def assessed(states: QuerySet, result_model: type = ProbeResult) -> Iterable[tuple[int, int, str, Finding]]:
+    """Yield (state id, service id, location, Finding) of the active, measured ones of `states`, in one query.
+
+    Takes the result model as an argument so that the migration that brought the stored flags runs it with its
+    historical models.
+    """
+    columns = evidence_columns()
+    rows = (
+        states.filter(last_checked_at__isnull=False)
+        .exclude(status="paused")
+        .annotate(heard_banner=heard_banner(result_model), **columns)
+        .values_list(
+            "pk",
+            "service_id",
+            "location",
+            "service__protocol",
+            "service__tls_mode",
+            "last_status",
+            "consecutive_successes",
+            "heard_banner",
+            *columns,
+        )
     )
-    found = {}
-    for service_id, location, protocol, tls_mode, status, banner_text, *values in rows:
+    for pk, service_id, location, protocol, tls_mode, last_status, successes, banner_text, *values in rows:
         details = evidence_from_columns(dict(zip(columns, values, strict=True)))
-        found[service_id, location] = assess_state(protocol, tls_mode, status, banner_text or "", details)
-    return found
+        status = measured_status(last_status, successes)
+        yield pk, service_id, location, assess_state(protocol, tls_mode, status, banner_text or "", details)
+
+
+def reassess(service_ids: Iterable[int]) -> int:
+    """Store the exposure flags of the services' states again, and their summaries; return how many states.
+
+    For a service whose protocol or TLS mode changed: the state writer assessed its last probe with the old
+    ones, and would only assess again at its next measured probe (`Service.exposure_inputs_changed`).
+    """
+    from monitor.daemon import summaries  # the daemon's writer; this module is otherwise a reader
+
+    ids = list(service_ids)
+    verdicts_of = {
+        pk: (finding.reveals_version, finding.plaintext_login)
+        for pk, _, _, finding in assessed(ServiceState.objects.filter(service_id__in=ids))
+    }
+    for pk, (version, plaintext) in verdicts_of.items():  # a few locations a service: a few small updates
+        ServiceState.objects.filter(pk=pk).update(reveals_version=version, offers_plaintext_login=plaintext)
+    summaries.refresh(ids)
+    return len(verdicts_of)
+
+
+def measured_status(last_status: str, successes: int) -> str:
+    """Return the status of an active state's last measured probe from its last result's and its run of successes.
+
+    A last result of status unknown measured nothing (a missed slot): the probe before it succeeded when the
+    state's run of successes goes on, since only measured probes move it.
+    """
+    if last_status != "unknown":
+        return last_status
+    return "up" if successes else "down"
+
+
+def verdicts(protocol: str, tls_mode: str, status: str, banner: str, details: Any) -> tuple[bool, bool]:
+    """Return (reveals a version, offers plaintext login) of one measured probe: what the state writer stores."""
+    finding = assess_state(protocol, tls_mode, status, banner, evidence(details))
+    return finding.reveals_version, finding.plaintext_login
 
 
 def assess_state(protocol: str, tls_mode: str, last_status: str, banner: str, details: Mapping[str, Any]) -> Finding:
-    """Return the finding of one state: its last result's status, its last measured probe's banner and details.
+    """Return the finding of one state: its last measured probe's status, banner and details.
 
     `details` are the evidence only (`evidence()`): a state whose probe recorded none of it, heard no banner
     and did not succeed (a refused connection) reached nothing, so it reveals nothing.
@@ -156,13 +222,13 @@ def assess_state(protocol: str, tls_mode: str, last_status: str, banner: str, de
     return assess(protocol, tls_mode, banner, details, reached=reached)
 
 
-def heard_banner() -> Subquery:
+def heard_banner(result_model: type = ProbeResult) -> Subquery:
     """Return the banner of the result a state's last measured probe stored, for `.annotate()` on states.
 
     Found by its start (`last_checked_at`) on the (service, location, started_at) index: the state's
     `last_result` may be a missed slot since, which stores no banner.
     """
-    banner = ProbeResult.objects.filter(
+    banner = result_model.objects.filter(
         service_id=OuterRef("service_id"), location=OuterRef("location"), started_at=OuterRef("last_checked_at")
     ).values("banner")[:1]
     return Subquery(banner)
@@ -186,25 +252,21 @@ def exposures(service_ids: Iterable[int] | None = None) -> list[ServiceExposure]
     return result
 
 
-def exposed_ids(kind: str) -> set[int]:
-    """Return the ids of services one of whose locations reveals a version ("version") or offers plaintext login."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
-    return {service_id for (service_id, _), finding in findings().items() if _is(finding, kind)}
+def exposed_ids(kind: str) -> QuerySet:
+    """Return the ids of services one of whose active locations reveals a version ("version") or offers plaintext
+    login ("plaintext"), as a query: `pk__in=` makes it a subquery."""
+    return ServiceSummary.objects.filter(**{_flag(kind): True}).values_list("service_id", flat=True)
 
 
 def counts() -> dict[str, int]:
-    """Return how many services reveal a version, and how many offer plaintext login (one query)."""
-    matched: dict[str, set[int]] = {kind: set() for kind in KINDS}
-    for (service_id, _), finding in findings().items():
-        for kind in KINDS:
-            if _is(finding, kind):
-                matched[kind].add(service_id)
-    return {kind: len(ids) for kind, ids in matched.items()}
+    """Return how many services reveal a version, and how many offer plaintext login (one query, on the summaries)."""
+    return ServiceSummary.objects.aggregate(**{kind: Count("pk", filter=Q(**{_flag(kind): True})) for kind in KINDS})
 
 
-def _is(finding: Finding, kind: str) -> bool:
-    return finding.reveals_version if kind == "version" else finding.plaintext_login
+def _flag(kind: str) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, not {kind!r}")
+    return SUMMARY_FLAGS[kind]
 
 
 def evidence_columns() -> dict[str, KT]:

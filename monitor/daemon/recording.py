@@ -36,6 +36,11 @@ Decisions:
    for SQLite's single write lock up front.
    A deadlock, a database locked past SQLite's busy timeout (writers in a tight loop can starve
    one another) or a conflicting concurrent insert retries the whole batch (`MAX_ATTEMPTS`).
+7. **Exposure flags.** A state that takes a measured probe stores that probe's version-exposure verdicts
+   (`ServiceState.reveals_version`, `offers_plaintext_login`: `exposure_report.verdicts()` on its banner and
+   details, with the service's protocol and TLS mode), written by the same UPDATE as the rest of the state,
+   so the overview counts and filters on them (through the summaries) instead of assessing every state per
+   request. A missed slot, a prober bug or a config error measured nothing and leaves them; so does pausing.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ from collections.abc import Sequence
 
 from django.db import IntegrityError, OperationalError, connection, transaction
 
+from monitor import exposure_report
 from monitor.daemon import expositions, summaries
 from monitor.daemon import states as machine
 from monitor.models import ProbeResult, Service, ServiceState
@@ -78,6 +84,8 @@ STATE_FIELDS = [
     "open_incident",
     "counters",
     "last_address",
+    "reveals_version",
+    "offers_plaintext_login",
 ]
 
 Pair = tuple[int, str]
@@ -151,7 +159,7 @@ def _record(outcomes: Sequence[Outcome]) -> int:
         return 0
     rows = ProbeResult.objects.bulk_create([_result_row(outcome) for outcome in new])
     ledger = machine.Ledger()
-    touched = _apply_all(new, rows, states, rules, ledger)
+    touched = _apply_all(new, rows, states, rules, ledger, targets, tls_modes)
     _save(touched, ledger, targets, tls_modes, _banners(touched, new, rows))
     return len(new)
 
@@ -234,8 +242,14 @@ def _apply_all(
     states: dict[Pair, ServiceState],
     rules: dict[int, machine.Rules],
     ledger: machine.Ledger,
+    targets: dict[int, tuple[str, str]],
+    tls_modes: dict[int, str],
 ) -> list[ServiceState]:
-    """Count each new outcome on its state and apply it in slot order; return the states (all changed)."""
+    """Count each new outcome on its state and apply it in slot order; return the states (all changed).
+
+    A measured outcome also sets the state's exposure flags (decision 7), with its service's protocol
+    (`targets`) and TLS mode.
+    """
     by_pair: dict[Pair, list[tuple[Outcome, ProbeResult]]] = defaultdict(list)
     for outcome, row in zip(outcomes, rows, strict=True):
         by_pair[outcome.pair].append((outcome, row))
@@ -248,6 +262,11 @@ def _apply_all(
             if state.last_scheduled_at is not None and outcome.scheduled_at <= state.last_scheduled_at:
                 continue  # an older slot arriving late: stored above, but it must not roll the state back
             machine.apply(state, outcome, row, rules[outcome.service_id], ledger)
+            if outcome.result.measured:
+                protocol, tls_mode = targets[outcome.service_id][0], tls_modes[outcome.service_id]
+                state.reveals_version, state.offers_plaintext_login = exposure_report.verdicts(
+                    protocol, tls_mode, str(outcome.result.status), row.banner, state.details
+                )
         touched.append(state)
     return touched
 

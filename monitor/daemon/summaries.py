@@ -15,6 +15,10 @@ Decisions:
    or neither. That costs one read and one upsert per batch of probes.
 3. **Only numbers leave the JSON.** The read takes `last_phases.total` and the certificate's
    `chain_days_left` (else `days_left`) out in SQL, not the whole `details` and `tls`.
+4. **Exposure flags are the states' own**, set by the state writer from each location's last measured
+   probe (`ServiceState.reveals_version`, `offers_plaintext_login`): two boolean columns more in the
+   same read, nothing assessed here. The migrations before them run `write()` with historical models
+   that lack them, so it reads and writes them only where the model has them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from monitor.models import ServiceState, ServiceSummary
 from monitor.models.history import StateFacts, summarize
 
 FIELDS = ["status", "severity", "since", "reason", "latency", "cert_days", "last_checked_at"]
+EXPOSURE_FIELDS = ["reveals_version", "plaintext_login"]  # the summary's; the states' are STATE_FLAGS
+STATE_FLAGS = ["reveals_version", "offers_plaintext_login"]
 
 
 def refresh(service_ids: Iterable[int] | None = None) -> int:
@@ -49,14 +55,23 @@ def write(summary_model, states) -> int:
     Takes the models as arguments so that the migration that created the table runs it with its
     historical models.
     """
+    flags, fields = (STATE_FLAGS, FIELDS + EXPOSURE_FIELDS) if _has_flags(summary_model) else ([], FIELDS)
     facts: dict[int, list[StateFacts]] = defaultdict(list)
     for service_id, *values in states.annotate(
         total=Cast(KT("last_phases__total"), FloatField()),
         days=Coalesce(Cast(KT("tls__chain_days_left"), FloatField()), Cast(KT("tls__days_left"), FloatField())),
-    ).values_list("service_id", "status", "since", "last_reason", "total", "days", "last_checked_at"):
+    ).values_list("service_id", "status", "since", "last_reason", "total", "days", "last_checked_at", *flags):
         facts[service_id].append(StateFacts(*values))
-    rows = [summary_model(service_id=service_id, **summarize(states)) for service_id, states in facts.items()]
+    rows = []
+    for service_id, found in facts.items():
+        summary = summarize(found)
+        rows.append(summary_model(service_id=service_id, **{field: summary[field] for field in fields}))
     summary_model.objects.bulk_create(
-        rows, update_conflicts=True, unique_fields=["service"], update_fields=FIELDS, batch_size=1000
+        rows, update_conflicts=True, unique_fields=["service"], update_fields=fields, batch_size=1000
     )
     return len(rows)
+
+
+def _has_flags(summary_model) -> bool:
+    """Return whether `summary_model` (maybe a migration's historical one) has the exposure flags yet."""
+    return any(field.name == EXPOSURE_FIELDS[0] for field in summary_model._meta.get_fields())

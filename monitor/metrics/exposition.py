@@ -16,6 +16,10 @@ Decisions:
   and the banner its last measured probe heard (`PairState.banner`): assessed at every scrape they cost
   80-130 ms at 5,000 states. Their verdict reads the service's TLS mode for a few protocols
   (`READS_TLS_MODE`), so the key holds the TLS mode for those (the default "none" leaves the key as it was).
+  They are not the state's stored flags (`ServiceState.reveals_version`, what the overview counts): those keep
+  the TLS mode the last measured probe ran with, while a scrape renders a service whose TLS mode changed live,
+  as the service page assesses it. Version 3: the status they read is the last *measured* probe's, as the stored
+  flags' (a missed slot made a Telnet server that sent no banner stop offering plaintext login).
 - SEPARATOR and LABELS are control characters no rendered value can hold: `escape()` turns them (and
   NUL, which PostgreSQL text cannot store) into U+FFFD in every label value, so a certificate subject a
   hostile server chose cannot split a rendering or be filled with another service's labels.
@@ -35,12 +39,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from monitor.exposure import READS_TLS_MODE
+from monitor.exposure_report import measured_status
 from monitor.metrics import blackbox, exposure
 from monitor.models.history import PHASES, STATE_CHOICES
 from monitor.probes import PROTOCOLS
 from monitor.stats import LATENCY_BUCKETS, OUTCOMES
 
-VERSION = "2"  # of the rendering: a change to what render() writes bumps it, so stored texts are redone live
+VERSION = "3"  # of the rendering: a change to what render() writes bumps it, so stored texts are redone live
 SEPARATOR = "\x1e"  # between families (ASCII record separator)
 LABELS = "\x1f"  # the service's labels, in every line (ASCII unit separator)
 _UNSAFE = {ord(SEPARATOR): "\ufffd", ord(LABELS): "\ufffd", 0: "\ufffd"}
@@ -155,11 +160,12 @@ def _state_lines(lines: dict[str, list[str]], protocol: str, host: str, state: P
     )
     if status == "paused":
         return
-    revealed, plaintext = exposure.values(protocol, tls_mode, state.last_status, state.banner, state.details or {})
+    # The last result may be a missed slot: success is the last measured probe's, the kind the last result's.
+    measured = measured_status(state.last_status, state.successes)
+    revealed, plaintext = exposure.values(protocol, tls_mode, measured, state.banner, state.details or {})
     lines[exposure.VERSION].append(f"{exposure.VERSION}{{{LABELS}}} {revealed}\n")
     lines[exposure.PLAINTEXT].append(f"{exposure.PLAINTEXT}{{{LABELS}}} {plaintext}\n")
-    # The last result may be a missed slot: success is the last measured probe's, the kind the last result's.
-    ok = state.last_status in ("up", "warning") if state.last_status != "unknown" else state.successes > 0
+    ok = measured in ("up", "warning")
     samples = blackbox.samples(
         PROBERS.get(protocol),
         ok=ok,

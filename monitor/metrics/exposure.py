@@ -8,8 +8,8 @@ series when the state writer stores them, so a scrape only joins text. An alert 
 
 Decisions:
 - Assessed when the state is written, not at scrape time: assessing every state at each scrape cost
-  80-130 ms at 5,000 states. The evidence is the state's: its details, its last result's status, and the banner
-  of the result its last measured probe stored (`exposure_report.assess_state()`, as the service page and
+  80-130 ms at 5,000 states. The evidence is the state's: its details, its last measured probe's status, and
+  the banner of the result that probe stored (`exposure_report.assess_state()`, as the service page and
   `manage.py audit` assess it). The service's TLS mode is an input of the rules for some protocols: it is in
   the rendering's key (`exposition.key()`), so a service whose TLS mode changed is rendered live until its next
   probe.

@@ -188,6 +188,18 @@ class Service(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        service = super().from_db(db, field_names, values)
+        service._loaded_exposure_inputs = (service.__dict__.get("protocol"), service.__dict__.get("tls_mode"))
+        return service
+
+    @property
+    def exposure_inputs_changed(self) -> bool:
+        """Return whether the protocol or TLS mode differ from those loaded, which the stored exposure verdicts used."""
+        loaded = getattr(self, "_loaded_exposure_inputs", None)
+        return loaded is not None and None not in loaded and loaded != (self.protocol, self.tls_mode)
+
     def clean(self) -> None:
         """Check the rules across fields: TLS mode, port and options against the protocol; timeout against interval."""
         errors: dict[str, str] = {}

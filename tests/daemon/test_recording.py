@@ -289,8 +289,10 @@ def test_a_batch_of_fifty_takes_a_fixed_handful_of_queries():
     # Steady: services, state rows, recorded slots, insert results, update states, read them back and upsert
     # the services' summaries, upsert the states' rendered /metrics series. The first time, insert and
     # re-select the states (and unknown -> up changes); on an outage, insert (or close) the incidents and
-    # insert the status changes.
-    assert [queries(first), queries(steady), queries(flipping), queries(recovering)] == [11, 8, 10, 10]
+    # insert the status changes. SQLite takes at most 999 variables a statement: 50 new states of 21 columns
+    # (with the exposure flags) are inserted in two.
+    creating = 12 if connection.vendor == "sqlite" else 11
+    assert [queries(first), queries(steady), queries(flipping), queries(recovering)] == [creating, 8, 10, 10]
     assert Incident.objects.filter(ended_at__isnull=False).count() == 50
 
 

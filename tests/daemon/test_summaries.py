@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import socket
 import threading
 
 import pytest
 from django.db import connection, connections, transaction
 
+from monitor import exposure_report
 from monitor.daemon import summaries
 from monitor.daemon.recording import Outcome, pause, record
+from monitor.exposure_report import findings
 from monitor.models import Service, ServiceState, ServiceSummary
 from monitor.probes import Failure, Phases, Result, Status
 from tests.daemon.test_recording import T0, at, down, make_service, tls_facts, up, warning
+from tests.test_audit_command import MISSED, REFUSED, mail_service, make, probed, recorded
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -177,3 +181,65 @@ def test_two_locations_recorded_at_once_take_turns_so_the_summary_sees_both():
     second.join(10)
     assert finished
     assert summary_of(service).status == "down"  # us's summary was written knowing eu is down
+
+
+# --- Exposure flags: stored with the state from its last measured probe, summed over active locations --------------
+
+
+def flags_of(service: Service) -> dict[str, tuple[bool, bool]]:
+    """Return {location: (reveals_version, offers_plaintext_login)} of the service's states."""
+    states = ServiceState.objects.filter(service=service)
+    return {state.location: (state.reveals_version, state.offers_plaintext_login) for state in states}
+
+
+def summary_flags(service: Service) -> tuple[bool, bool]:
+    row = summary_of(service)
+    return row.reveals_version, row.plaintext_login
+
+
+def closed_port() -> int:
+    """Return a port on 127.0.0.1 nothing listens on (bound, then released): a probe of it is refused."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_recorded_real_probe_sets_the_state_flags_and_the_summary_as_the_service_page_assesses_them():
+    mail = mail_service(locations="eu,us")  # aiosmtpd probed by the engine: "Python SMTP 1.4.x", AUTH before TLS
+    assert flags_of(mail) == {"eu": (True, True), "us": (True, True)}
+    assert summary_flags(mail) == (True, True)
+    page = findings([mail.id])  # what the service page and `manage.py audit` assess from the evidence
+    assert {where: (found.reveals_version, found.plaintext_login) for (_, where), found in page.items()} == {
+        "eu": (True, True),
+        "us": (True, True),
+    }
+    assert exposure_report.counts() == {"version": 1, "plaintext": 1}
+
+
+def test_a_real_probe_that_reached_nothing_sets_no_flag():
+    shell = make("shell", "telnet", closed_port())
+    result = probed(shell)
+    assert result.failure == Failure.REFUSED, result.reason
+    assert flags_of(shell) == {"default": (False, False)}  # Telnet offers plaintext login, but nothing answered
+    assert summary_flags(shell) == (False, False)
+
+
+def test_a_later_missed_slot_keeps_the_flags_and_a_later_measured_probe_replaces_them():
+    mail = mail_service()
+    recorded(mail, MISSED)
+    state = ServiceState.objects.get(service=mail)
+    assert (state.last_failure, state.reveals_version, state.offers_plaintext_login) == ("missed", True, True)
+    assert summary_flags(mail) == (True, True)
+    recorded(mail, REFUSED)
+    assert flags_of(mail) == {"default": (False, False)}
+    assert summary_flags(mail) == (False, False)
+
+
+def test_pausing_a_location_keeps_its_flags_but_drops_it_from_the_summary():
+    mail = mail_service(locations="eu,us")
+    recorded(mail, REFUSED, location="us")  # us reveals nothing now; eu still does
+    assert summary_flags(mail) == (True, True)
+    pause({(mail.id, "eu")}, "location removed from the service")
+    assert flags_of(mail) == {"eu": (True, True), "us": (False, False)}  # what eu's last probe heard, kept
+    assert summary_flags(mail) == (False, False)  # but nobody probes eu now: its exposure is history
+    assert exposure_report.counts() == {"version": 0, "plaintext": 0}

@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from monitor.probes import Result, Target, parse_options, run_probe
 from tests.dashboard.test_detail import element, page
+from tests.metrics.test_exposure import greeted
 from tests.peers.smtp_server import LineServer
 from tests.test_audit_command import MISSED, mail_service, make, recorded, web_result
 
@@ -26,7 +29,7 @@ def overview(client, **query) -> str:
 def listed(html: str) -> set[str]:
     """Return the names of the services the overview's rows link to."""
     rows = element(html, "rows") if 'id="rows"' in html else html
-    return {name for name in ("mail", "web", "shop", "idle") if f">{name}</a>" in rows}
+    return {name for name in ("mail", "web", "shop", "idle", "pop") if f">{name}</a>" in rows}
 
 
 def hostile_smtp_result() -> Result:
@@ -105,3 +108,45 @@ def test_the_overview_lists_only_the_exposed_services_when_asked(viewer):
     assert listed(overview(viewer, exposure="plaintext")) == {"mail"}
     assert listed(overview(viewer, exposure="plaintext", fragment="rows")) == {"mail"}  # the live refresh too
     assert listed(overview(viewer, exposure="bogus")) == {"mail", "web", "shop"}  # an unknown value is dropped
+
+
+def page_queries(client, **query) -> list[str]:
+    """Return the SQL of every query one overview request took."""
+    with CaptureQueriesContext(connection) as queries:
+        overview(client, **query)
+    return [query["sql"] for query in queries.captured_queries]
+
+
+def test_the_overview_counts_and_filters_exposure_in_sql_on_the_stored_flags(viewer):
+    mail_service()
+    recorded(make("web", "http", 443, "implicit"), web_result("nginx"))
+    recorded(make("shop", "http", 443, "implicit"), web_result("Apache/2.4.62 (Debian)"))
+    whole = page_queries(viewer)
+    # 16 before the flags were stored too (the counts assessed every state in one query of their own, now one
+    # aggregate on the summaries); the filter took two queries more than a status filter, and now none.
+    assert len(whole) == 16
+    assert len(page_queries(viewer, exposure="version")) == len(page_queries(viewer, status="up")) == 16
+    assert len(page_queries(viewer, exposure="plaintext", fragment="rows")) == len(
+        page_queries(viewer, status="up", fragment="rows")
+    )
+    filtered = page_queries(viewer, exposure="plaintext")
+    assert not [sql for sql in whole + filtered if "banner" in sql or '"details"' in sql]  # no evidence read
+    assert any('"monitor_servicesummary"."plaintext_login"' in sql for sql in filtered)
+
+
+def test_a_changed_tls_mode_is_reassessed_when_the_service_is_saved(viewer):
+    # The state writer assessed the last probe with the TLS mode of then; the overview must not wait for the
+    # next probe to stop counting a POP3 service whose login no longer crosses in clear text.
+    pop = make("pop", "pop3", 110)
+    recorded(pop, greeted("+OK Dovecot ready."))
+    assert listed(overview(viewer, exposure="plaintext")) == {"pop"}
+
+    pop = type(pop).objects.get(pk=pop.pk)
+    pop.tls_mode, pop.port = "implicit", 995
+    pop.save()
+
+    assert listed(overview(viewer, exposure="plaintext")) == set()
+    assert not pop.states.get().offers_plaintext_login
+    pop.tls_mode, pop.port = "none", 110
+    pop.save()
+    assert listed(overview(viewer, exposure="plaintext")) == {"pop"}

@@ -13,7 +13,7 @@ from monitor.daemon.recording import pause
 from monitor.exposure_report import findings
 from monitor.metrics.collector import SERVICE_LABELS, collect
 from monitor.metrics.exposition import LABELS
-from monitor.models import Service, StateExposition
+from monitor.models import Service, ServiceState, StateExposition
 from monitor.probes import Phases, Result, Status
 from tests.conftest import need
 from tests.metrics.conftest import TOKEN
@@ -136,5 +136,24 @@ def test_the_stored_verdicts_are_those_a_live_assessment_gives():
     for name, verdict in ((VERSION, "reveals_version"), (PLAINTEXT, "plaintext_login")):
         scraped = {(pair[0], pair[4]): value for pair, value in by_pair(stored[name]).items()}
         assert scraped == {pair: int(getattr(finding, verdict)) for pair, finding in page.items()}
+    states = ServiceState.objects.filter(last_checked_at__isnull=False)
+    kept = {"reveals_version": {}, "offers_plaintext_login": {}}  # the flags the overview counts
+    for state in states:
+        for flag in kept:
+            kept[flag][names[state.service_id], state.location] = int(getattr(state, flag))
+    for name, flag in ((VERSION, "reveals_version"), (PLAINTEXT, "offers_plaintext_login")):
+        assert {(pair[0], pair[4]): value for pair, value in by_pair(stored[name]).items()} == kept[flag]
     assert {pair[0] for pair, value in by_pair(stored[VERSION]).items() if value} == {"mail", "web"}
     assert {pair[0] for pair, value in by_pair(stored[PLAINTEXT]).items() if value} == {"mail", "pop"}
+
+
+def test_a_missed_slot_keeps_the_plaintext_login_of_a_server_that_sent_no_banner():
+    shell = make("shell", "telnet", 23)
+    recorded(shell, greeted(""))  # a Telnet server answering with option negotiation only: nothing to quote
+    recorded(shell, MISSED)  # the state's last result is now of status unknown
+    state = shell.states.get()
+    page = findings([shell.pk])[shell.pk, "default"]
+    assert (state.offers_plaintext_login, page.plaintext_login) == (True, True)
+    assert list(by_pair(scrape()[PLAINTEXT]).values()) == [1.0]
+    StateExposition.objects.all().delete()  # rendered live from the state: the same
+    assert list(by_pair(scrape()[PLAINTEXT]).values()) == [1.0]
