@@ -275,7 +275,10 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(pct / 100 * len(ordered)) - 1))]
 
 
-def measure(args: argparse.Namespace, port_of: dict, ca_file: str, icmp_namespace: str | None) -> list[dict]:
+def measure(
+    args: argparse.Namespace, port_of: dict, ca_file: str, icmp_namespace: str | None, no_namespace: str = ""
+) -> list[dict]:
+    """Run every case; icmp_dgram runs in `icmp_namespace`, or is skipped saying `no_namespace`."""
     from tests.probes.protocols.test_icmp import inside
 
     rows = []
@@ -292,7 +295,7 @@ def measure(args: argparse.Namespace, port_of: dict, ca_file: str, icmp_namespac
 
             if kind == "icmp_dgram":
                 if icmp_namespace is None:
-                    rows.append({"kind": kind, "label": case.label, "skipped": "no network namespace (root, ip)"})
+                    rows.append({"kind": kind, "label": case.label, "skipped": no_namespace})
                     break
                 runs = [inside(icmp_namespace, batch) for _ in range(args.repeat)]
             else:
@@ -425,11 +428,14 @@ def main() -> None:
                 port_of["vsftpd"] = Ports(port_of["vsftpd"])
             port_of |= {"icmp": 0, "closed_tcp": closed_port(socket.SOCK_STREAM)}
             port_of["closed_udp"] = closed_port(socket.SOCK_DGRAM)
-            icmp_namespace = None
+            icmp_namespace: str | None = None
+            no_namespace = ""
             if "icmp_dgram" in args.kinds:
-                with contextlib.suppress(Exception, pytest.skip.Exception):  # need(): no root or no ip
+                try:
                     icmp_namespace = stack.enter_context(namespace(unprivileged=True))
-            rows = measure(args, port_of, f"{cert_dir}/ca.pem", icmp_namespace)
+                except (Exception, pytest.skip.Exception) as error:  # need(): no root or no `ip`; said in the table
+                    no_namespace = f"no network namespace: {error}"
+            rows = measure(args, port_of, f"{cert_dir}/ca.pem", icmp_namespace, no_namespace)
             fleet_ready = all(isinstance(port_of[name], int | Ports) for name in ("vsftpd", "mariadb", "php_fpm"))
             fleet_rows = measure_fleet(args, port_of) if args.fleet_troubled and fleet_ready else []
         finally:

@@ -8,6 +8,7 @@ used alike by the Service model, the `probe` command and tests.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import functools
 import ipaddress
@@ -114,6 +115,28 @@ def _hints(cls: type) -> dict[str, Any]:
         for name, hint in typing.get_type_hints(cls).items()
         if name in {f.name for f in dataclasses.fields(cls)}
     }
+
+
+def payload(send: str) -> bytes:
+    """Return the bytes the `send` option stands for; raise OptionsError naming `send` if it has none.
+
+    Escapes name bytes: \\xNN and \\u00NN are one byte each, so \\u20ac has no byte to stand for
+    (the character written as it is goes out as UTF-8). Checked when options are parsed, so a
+    service that cannot be probed is refused when saved instead of crashing every probe.
+    """
+    try:
+        text = codecs.decode(send, "unicode_escape")
+    except UnicodeDecodeError as error:
+        raise OptionsError("send", f"has a broken escape sequence: {error.reason}") from None
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError as error:
+        char = error.object[error.start]
+        message = (
+            f"escapes must stand for bytes, \\x00 to \\xff, and U+{ord(char):04X} ({char}) is not one;"
+            " write the character itself to send it as UTF-8"
+        )
+        raise OptionsError("send", message) from None
 
 
 def check_pattern(field: str, pattern: str | None) -> None:

@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 from monitor.probes.options import ConnectionOptions, OptionsError
 from monitor.probes.result import Result
-from monitor.probes.session import Target
 
 Transport = Literal["stream", "datagram", "icmp"]
 TLS_MODE_NAMES = ("none", "starttls", "implicit")
@@ -82,7 +81,7 @@ class Protocol:
     probe: Prober  # async probe(target, options, *, deadline) -> Result
     schemes: tuple[Scheme, ...]
     tls_modes: tuple[str, ...] = ("none",)
-    transport: Transport = "stream"
+    transport: Transport = "stream"  # how it is spoken: converse() on a Connection, or datagram.converse()
     url_options: UrlOptions = no_url_options  # options a URL's path and query give
     flags: tuple[Flag, ...] = ()  # command flags of this protocol's own options
     # Failure kinds only this protocol reports, with when; the shared ones are `result.Failure`.
@@ -114,6 +113,7 @@ class Protocol:
 
     @property
     def uses_tls(self) -> bool:
+        """Return whether the protocol can speak TLS (its options then have the certificate checks)."""
         return self.tls_modes != ("none",)
 
     def standard_port(self, tls_mode: str) -> int | None:
@@ -128,6 +128,3 @@ class Protocol:
 
     def parse_options(self, raw: Mapping[str, Any] | None) -> ConnectionOptions:
         return self.options.from_mapping(raw)
-
-    async def run(self, target: Target, options: ConnectionOptions, *, deadline: float) -> Result:
-        return await self.probe(target, options, deadline=deadline)

@@ -25,7 +25,7 @@ from monitor.probes.errors import (
     ServerRejected,
     StartTLSUnavailable,
 )
-from monitor.probes.mailreply import read_reply
+from monitor.probes.mailreply import PLAINTEXT_REFUSAL, read_reply
 from monitor.probes.net import Connection, preview
 from monitor.probes.options import LoginOptions, TLSOptions
 from monitor.probes.protocol import Protocol, Scheme, login_url_options
@@ -39,7 +39,6 @@ MAX_REPLY_BYTES = 32 * 1024  # bytes in one reply
 MAX_REPLY_CHARS = 300  # of a reply quoted in a reason: a welcome message can be a page of ASCII art
 MAX_FEATURE_CHARS = 200  # of one feature line kept in details
 NOT_IMPLEMENTED = (500, 502)  # RFC 2389: what a server without FEAT answers it with
-PLAINTEXT_REFUSAL = "refusing to send the password without TLS; set allow_plaintext_login to allow it"
 _REPLY_LINE = re.compile(rb"(\d{3})(?:([ -])(.*))?", re.DOTALL)  # "220", "220 text" or "220-text"
 
 

@@ -37,6 +37,7 @@ from monitor.probes.errors import (
     ServerRejected,
     StartTLSUnavailable,
 )
+from monitor.probes.mailreply import PLAINTEXT_REFUSAL
 from monitor.probes.net import Connection, preview
 from monitor.probes.options import LoginOptions, TLSOptions
 from monitor.probes.protocol import Protocol, Scheme, login_url_options
@@ -54,7 +55,6 @@ OK, MORE_DATA, AUTH_SWITCH, ERR = 0x00, 0x01, 0xFE, 0xFF  # first byte of a repl
 FAST_AUTH_OK, FULL_AUTH = 3, 4  # caching_sha2_password's "more data" steps
 NATIVE, CACHING_SHA2 = "mysql_native_password", "caching_sha2_password"
 MARIADB_PREFIX = "5.5.5-"  # MariaDB 10+ announces "5.5.5-10.11.6-MariaDB" so old replicas accept it
-PLAINTEXT_REFUSAL = "refusing to send the password without TLS; set allow_plaintext_login to allow it"
 
 CAPABILITIES = {  # the main CLIENT_* flags, reported by name
     "LONG_PASSWORD": 1 << 0,

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import re
 
 from monitor.probes.errors import KeywordMissing
-from monitor.probes.options import OptionsError, TLSOptions, check_pattern
+from monitor.probes.options import TLSOptions, check_pattern, payload
 from monitor.probes.protocol import Protocol, Scheme
 from monitor.probes.result import Result
 from monitor.probes.session import Session, Target, converse
@@ -29,28 +28,6 @@ class Options(TLSOptions):
         check_pattern("expect", self.expect)
         if self.send is not None:
             payload(self.send)
-
-
-def payload(send: str) -> bytes:
-    """Return the bytes the `send` option stands for; raise OptionsError naming `send` if it has none.
-
-    Escapes name bytes: \\xNN and \\u00NN are one byte each, so \\u20ac has no byte to stand for
-    (the character written as it is goes out as UTF-8). Checked when options are parsed, so a
-    service that cannot be probed is refused when saved instead of crashing every probe.
-    """
-    try:
-        text = codecs.decode(send, "unicode_escape")
-    except UnicodeDecodeError as error:
-        raise OptionsError("send", f"has a broken escape sequence: {error.reason}") from None
-    try:
-        return text.encode("latin-1")
-    except UnicodeEncodeError as error:
-        char = error.object[error.start]
-        message = (
-            f"escapes must stand for bytes, \\x00 to \\xff, and U+{ord(char):04X} ({char}) is not one;"
-            " write the character itself to send it as UTF-8"
-        )
-        raise OptionsError("send", message) from None
 
 
 async def probe(target: Target, options: Options, *, deadline: float) -> Result:

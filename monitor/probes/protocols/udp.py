@@ -13,9 +13,8 @@ import re
 from monitor.probes.datagram import MAX_DATAGRAM, Channel, converse
 from monitor.probes.errors import KeywordMissing
 from monitor.probes.net import preview
-from monitor.probes.options import ConnectionOptions, OptionsError, check_pattern
+from monitor.probes.options import ConnectionOptions, OptionsError, check_pattern, payload
 from monitor.probes.protocol import Flag, Protocol, Scheme
-from monitor.probes.protocols.tcp import payload
 from monitor.probes.result import Result
 from monitor.probes.session import Exchange, Target
 
@@ -24,7 +23,7 @@ MAX_PREVIEW_BYTES = 200  # of the reply, escaped, in details and reasons
 
 @dataclasses.dataclass(frozen=True)
 class Options(ConnectionOptions):
-    send: str | None = None  # text to send; backslash escapes such as \x00 or \r\n are honoured (as tcp's)
+    send: str | None = None  # text to send; backslash escapes such as \x00 or \r\n are honoured (options.payload)
     send_hex: str | None = None  # or the datagram as hex, e.g. "02 00 01"
     expect: str | None = None  # regular expression the reply, read as UTF-8 text, must match
     # Bytes the reply must contain, as hex; a leading ^ means it must start with them ("^0200").
